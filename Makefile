@@ -1,0 +1,34 @@
+# mammut_pl — `make help` lists every target.
+SHELL := /bin/bash
+PY := .venv/bin/python
+MLFLOW_PORT ?= 5000
+MLFLOW_HOST ?= 127.0.0.1
+DEMO_DIR ?= data/demo
+ARGS ?=
+
+.PHONY: help setup data demo test test-fast mlflow-ui clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: ## create .venv (torch 2.13.0 CPU first, the rest under constraints.txt); idempotent
+	@bash scripts/setup_venv.sh
+
+data: setup ## write the embedded demo data (all five datasets' real formats) to $(DEMO_DIR) if missing
+	@$(PY) -m mammut_pl.data.demo --out $(DEMO_DIR)
+
+demo: data ## set up, then pretrain a small MaMMUT on CPU (a few minutes), print retrieval + captions
+	@$(PY) -m mammut_pl.fit experiment=demo data.root=$(DEMO_DIR)/webdata data.val_root=$(DEMO_DIR)/coco data.tokenizer=$(DEMO_DIR)/tokenizer.json $(ARGS)
+
+test: setup ## set up, then run the whole test suite (what CI runs)
+	@$(PY) -m pytest -q
+
+test-fast: setup ## unit tests only (skip the end-to-end ones)
+	@$(PY) -m pytest -q -m "not e2e"
+
+mlflow-ui: setup ## serve the MLflow UI for ./mlflow.db on http://$(MLFLOW_HOST):$(MLFLOW_PORT)
+	@echo "MLflow UI on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (Ctrl-C to stop)"
+	@.venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+
+clean: ## remove run outputs (keeps .venv, data and mlflow.db)
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,293 @@
+"""Typed experiment config: defaults here, experiments/NAME.yaml holds only differences,
+command-line `key=value` overrides last. Unknown keys and bad values stop the run
+before any work starts, naming the key (and the closest valid one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from mammut_pl.model.config import MaMMUTConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+
+
+class ConfigError(ValueError):
+    """A config problem the user can fix; the message names the key."""
+
+
+@dataclass
+class ModelSettings(MaMMUTConfig):
+    init_from: str = ""  # a checkpoint (.ckpt of this suite, or a state_dict .pt) to start from
+    compile: bool = False  # torch.compile the model
+
+    def architecture(self) -> MaMMUTConfig:
+        """The MaMMUTConfig part, without the suite-only fields."""
+        names = {f.name for f in dataclasses.fields(MaMMUTConfig)}
+        return MaMMUTConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+@dataclass
+class LossConfig:
+    contrastive: str = "focal"  # focal | sigmoid | softmax
+    focal_gamma: float = 2.0
+    contrastive_weight: float = 1.0  # 0 skips the contrastive pass (captioner baseline)
+    caption_weight: float = 1.0  # 0 skips the generative pass (CLIP/ALIGN baseline)
+    label_smoothing: float = 0.0
+    nonfinite: str = "stop"  # non-finite loss: "stop" the run or "skip" the step
+
+
+@dataclass
+class DataConfig:
+    name: str = "webdata"  # webdata | coco | vqav2 (which LightningDataModule)
+    root: str = "data/demo/webdata"  # the dataset, in its published layout
+    demo: bool = False  # root is the embedded demo world: written there on first use
+    tokenizer: str = "clip"  # "clip" (CLIP BPE from open_clip) or a tokenizer.json path
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 2
+    augment: bool = True  # random resized crop in training (no flips: captions say left/right)
+    crop_scale_min: float = 0.8
+    # webdata: ALIGN-like img2dataset shards
+    shards: str = ""  # brace pattern relative to root, e.g. "{00000..00127}.tar"; "" = every *.tar
+    resampled: bool = False  # sample shards with replacement (needs steps_per_epoch)
+    steps_per_epoch: int = 0
+    shuffle_buffer: int = 1000
+    val_root: str = ""  # a COCO root (Karpathy split) for zero-shot retrieval during pretraining
+    # coco / flickr30k (Karpathy split JSON)
+    karpathy_file: str = "dataset_coco.json"
+    val_split: str = "val"
+    test_split: str = "test"
+    max_eval_images: int = 0  # 0 = all
+    # vqav2
+    train_split: str = ""  # default per dataset (vqav2: train2014)
+    # set from experiment files of the later tasks
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # 0 = off
+
+
+@dataclass
+class MLflowConfig:
+    enabled: bool = True
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the project
+    experiment_name: str = "mammut_pl"
+    run_name: str = ""  # "" = experiment name + time
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 20
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    num_examples: int = 5  # captions printed next to their references after training
+
+
+@dataclass
+class Config:
+    experiment: str = ""
+    task: str = "pretrain"  # pretrain | captioning | vqa
+    seed: int = 0
+    ckpt_path: str = ""  # "" = fresh run; "last" = resume this experiment's latest run; or a path
+    output_dir: str = "outputs"  # runs go to output_dir/experiment/TIMESTAMP
+    checkpoint_every_n_steps: int = 0  # last.ckpt every N steps (0 = at each validation/epoch end)
+    print_config: bool = False
+    model: ModelSettings = field(default_factory=ModelSettings)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)  # passed to lightning.Trainer
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+TASKS = ("pretrain", "captioning", "vqa")
+DATAMODULES = ("webdata", "coco", "vqav2")
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_steps": 1000, "accelerator": "auto", "devices": 1, "precision": "32-true",
+    "log_every_n_steps": 10, "val_check_interval": None, "check_val_every_n_epoch": 1,
+    "num_sanity_val_steps": 0,
+}
+
+
+def list_experiments() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def _experiment_file(name: str) -> Path:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else EXPERIMENTS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        near = difflib.get_close_matches(name, list_experiments(), n=1)
+        hint = f" Did you mean experiment={near[0]}?" if near else ""
+        raise ConfigError(f"experiment={name}: no file {path}. Known: {', '.join(list_experiments())}.{hint}")
+    return path
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys += _valid_keys(node._get_node(k), f"{full}.")
+    return keys
+
+
+def _friendly(err: OmegaConfBaseException, base: DictConfig, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) or "not in" in str(err):
+        near = difflib.get_close_matches(key, _valid_keys(base), n=1, cutoff=0.5)
+        hint = f" Did you mean `{near[0]}`?" if near else ""
+        return ConfigError(f"unknown config key `{key}` ({source}).{hint}")
+    msg = str(err).splitlines()[0]
+    return ConfigError(f"bad value for `{key}` ({source}): {msg}")
+
+
+def parse_overrides(args: list[str]) -> tuple[str, list[str]]:
+    """Split `experiment=NAME` from the other `key=value` arguments."""
+    experiment, rest = "", []
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"argument {arg!r}: expected key=value (see --help)")
+        key, value = arg.split("=", 1)
+        if key == "experiment":
+            experiment = value
+        else:
+            rest.append(arg)
+    return experiment, rest
+
+
+def load(experiment: str = "", overrides: list[str] | None = None) -> Config:
+    """Typed defaults <- experiments/NAME.yaml <- overrides; validated before returning."""
+    base = OmegaConf.structured(Config)
+    layers: list[tuple[str, Any]] = []
+    if experiment:
+        path = _experiment_file(experiment)
+        try:
+            layers.append((str(path), OmegaConf.load(path)))
+        except Exception as err:  # yaml syntax
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        try:
+            layers.append(("command line", OmegaConf.from_dotlist(overrides)))
+        except Exception as err:
+            raise ConfigError(f"command line: cannot parse overrides {overrides}: {err}") from None
+    merged = base
+    for source, layer in layers:
+        if isinstance(layer, ListConfig):
+            raise ConfigError(f"{source}: expected a mapping of config keys, got a list")
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as err:
+            raise _friendly(err, base, source) from None
+    if experiment:
+        merged.experiment = Path(experiment).stem if experiment.endswith((".yaml", ".yml")) else experiment
+    try:
+        cfg: Config = OmegaConf.to_object(merged)  # runs the dataclasses' __post_init__ checks
+    except OmegaConfBaseException as err:
+        raise _friendly(err, base, "resolved config") from None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    validate(cfg)
+    return cfg
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """A typed Config from a plain dict (e.g. the one stored in a checkpoint)."""
+    try:
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
+    except OmegaConfBaseException as err:
+        raise _friendly(err, OmegaConf.structured(Config), "stored config") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that the dataclasses cannot do alone."""
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"`{key}`: {why}")
+
+    need(cfg.task in TASKS, "task", f"{cfg.task!r} is not one of {TASKS}")
+    need(cfg.data.name in DATAMODULES, "data.name", f"{cfg.data.name!r} is not one of {DATAMODULES}")
+    need(cfg.loss.contrastive in ("focal", "sigmoid", "softmax"), "loss.contrastive", "expected focal, sigmoid or softmax")
+    need(cfg.loss.contrastive_weight >= 0, "loss.contrastive_weight", "must be >= 0")
+    need(cfg.loss.caption_weight >= 0, "loss.caption_weight", "must be >= 0")
+    need(cfg.loss.focal_gamma >= 0, "loss.focal_gamma", "must be >= 0")
+    need(cfg.loss.nonfinite in ("stop", "skip"), "loss.nonfinite", "expected stop or skip")
+    if cfg.task == "pretrain":
+        need(cfg.loss.contrastive_weight + cfg.loss.caption_weight > 0, "loss.caption_weight",
+             "loss.contrastive_weight and loss.caption_weight cannot both be 0")
+    need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
+    need(cfg.data.eval_batch_size > 0, "data.eval_batch_size", "must be positive")
+    need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(0 < cfg.data.crop_scale_min <= 1, "data.crop_scale_min", "must be in (0, 1]")
+    need(not cfg.data.resampled or cfg.data.steps_per_epoch > 0, "data.steps_per_epoch",
+         "must be > 0 with data.resampled=true (resampled shards never end)")
+    need(cfg.optim.lr > 0, "optim.lr", "must be positive")
+    need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+    need(cfg.eval.num_beams >= 1, "eval.num_beams", "must be >= 1")
+    need(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+    _validate_trainer(cfg.trainer)
+
+
+def _validate_trainer(trainer: dict[str, Any]) -> None:
+    import lightning as L
+
+    params = inspect.signature(L.Trainer.__init__).parameters
+    managed = {"logger", "callbacks", "default_root_dir", "enable_checkpointing", "plugins"}
+    for key in trainer:
+        if key in managed:
+            raise ConfigError(f"`trainer.{key}` is set by mammut_pl itself; use the mlflow.* / output_dir keys")
+        if key not in params:
+            near = difflib.get_close_matches(key, list(params), n=1)
+            hint = f" Did you mean `trainer.{near[0]}`?" if near else ""
+            raise ConfigError(f"unknown config key `trainer.{key}` (not a lightning.Trainer argument).{hint}")
+
+
+def trainer_kwargs(cfg: Config) -> dict[str, Any]:
+    return {**TRAINER_DEFAULTS, **cfg.trainer}
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'width': 8}} -> {'model.width': 8}, for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def tracking_uri(cfg: Config) -> str:
+    return cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"

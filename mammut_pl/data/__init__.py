@@ -1,0 +1,1 @@
+"""Datasets, tokenizers and the embedded demo world."""

@@ -1,0 +1,118 @@
+"""Losses, each an nn.Module: focal / softmax / sigmoid contrastive and captioning.
+
+Contrastive losses are correct under data parallelism: embeddings are gathered
+from all ranks WITH gradients, each rank scores its own rows against the global
+batch, and the per-rank loss is scaled so that averaging gradients over ranks
+(what DDP does) gives exactly the gradient of the global-batch loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """(b, D) on each rank -> (W*b, D) in rank order; gradients flow back to the owners."""
+    _, world = _world()
+    if world == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn  # autograd-aware collectives
+
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+class _PairwiseContrastiveLoss(nn.Module):
+    """Every image-text pair is a binary decision (match or not) on l_ij = s * cos_ij + b."""
+
+    def pair_losses(self, logits: Tensor, positive: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, image_embed: Tensor, text_embed: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+        rank, world = _world()
+        b = image_embed.shape[0]
+        all_text = gather_with_grad(text_embed)  # (B, D), B = W * b
+        logits = logit_scale * image_embed @ all_text.t() + logit_bias  # (b, B): local rows, global columns
+        positive = torch.zeros_like(logits, dtype=torch.bool)
+        positive[torch.arange(b), rank * b + torch.arange(b)] = True
+        # the global loss sums over all B x B pairs and divides by B; this rank holds b rows.
+        # x world: DDP averages gradients over ranks.
+        return self.pair_losses(logits, positive).sum() * world / all_text.shape[0]
+
+
+class SigmoidContrastiveLoss(_PairwiseContrastiveLoss):
+    """SigLIP (Zhai et al. 2023): -sum_ij log sigmoid(z_ij * l_ij) / B, z = +1 match, -1 otherwise."""
+
+    def pair_losses(self, logits: Tensor, positive: Tensor) -> Tensor:
+        sign = positive.to(logits.dtype) * 2 - 1
+        return -F.logsigmoid(sign * logits)
+
+
+class FocalContrastiveLoss(_PairwiseContrastiveLoss):
+    """Focal contrastive loss (RO-ViT, used by MaMMUT): -(1 - p_t)^gamma log p_t per pair,
+    p_t = sigmoid(l) for the matching pair and 1 - sigmoid(l) otherwise. Hard pairs weigh
+    more; gamma = 0 is the sigmoid loss."""
+
+    def __init__(self, gamma: float = 2.0) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"loss.focal_gamma={gamma}: must be >= 0")
+        self.gamma = gamma
+
+    def pair_losses(self, logits: Tensor, positive: Tensor) -> Tensor:
+        log_pt = F.logsigmoid(torch.where(positive, logits, -logits))
+        return -((1 - log_pt.exp()) ** self.gamma) * log_pt
+
+
+class SoftmaxContrastiveLoss(nn.Module):
+    """CLIP's symmetric InfoNCE over the global batch (bias unused)."""
+
+    def forward(self, image_embed: Tensor, text_embed: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None) -> Tensor:
+        rank, _ = _world()
+        b = image_embed.shape[0]
+        all_image, all_text = gather_with_grad(image_embed), gather_with_grad(text_embed)
+        labels = rank * b + torch.arange(b, device=image_embed.device)
+        # mean over this rank's rows; DDP's gradient average makes it the global mean
+        i2t = F.cross_entropy(logit_scale * image_embed @ all_text.t(), labels)
+        t2i = F.cross_entropy(logit_scale * text_embed @ all_image.t(), labels)
+        return (i2t + t2i) / 2
+
+
+class CaptionLoss(nn.Module):
+    """Next-token cross-entropy: logits (B, T, V) at position t predict token t + 1.
+
+    Padding is ignored; `target_mask` (B, T), if given, restricts the loss to the
+    marked target tokens (e.g. the answer of a VQA prompt)."""
+
+    def __init__(self, pad_id: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.pad_id = pad_id
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: Tensor, tokens: Tensor, target_mask: Tensor | None = None) -> Tensor:
+        targets = tokens[:, 1:]
+        keep = targets != self.pad_id
+        if target_mask is not None:
+            keep = keep & target_mask[:, 1:]
+        targets = targets.masked_fill(~keep, -100)
+        return F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+            ignore_index=-100, label_smoothing=self.label_smoothing,
+        )
+
+
+CONTRASTIVE_LOSSES = {"focal": FocalContrastiveLoss, "sigmoid": SigmoidContrastiveLoss, "softmax": SoftmaxContrastiveLoss}
+
+
+def build_contrastive_loss(kind: str, focal_gamma: float = 2.0) -> nn.Module:
+    if kind not in CONTRASTIVE_LOSSES:
+        raise ValueError(f"loss.contrastive={kind!r}: expected one of {sorted(CONTRASTIVE_LOSSES)}")
+    return FocalContrastiveLoss(focal_gamma) if kind == "focal" else CONTRASTIVE_LOSSES[kind]()

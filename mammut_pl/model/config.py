@@ -1,0 +1,147 @@
+"""MaMMUTConfig: every architectural choice of the model, validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+PLACEMENTS = ("interleave", "top", "bottom")
+IMAGE_POOLS = ("avg", "token")
+
+
+@dataclass
+class MaMMUTConfig:
+    # --- image encoder (a timm VisionTransformer, built with pretrained=False) ---
+    encoder: str = "vit_base_patch16_224"  # any timm ViT name; "test_vit" for tests
+    image_size: int = 224  # input resolution (square), must be a multiple of the patch size
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {patch_size: 8, depth: 4}
+    image_pool: str = "avg"  # contrastive image embedding: mean of patch tokens or the class token
+    # --- text decoder: N layers, cross-attention in M of them ---
+    width: int = 512  # decoder hidden size
+    depth: int = 12  # N, number of decoder layers
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    num_cross_attn: int = 6  # M, decoder layers that attend to the image in the generative pass
+    cross_attn_placement: Any = "interleave"  # "interleave" | "top" | "bottom" | list of layer indices
+    vocab_size: int = 49408  # set from the tokenizer by the suite
+    context_length: int = 77  # max tokens per text, incl. begin/end tokens
+    pad_id: int = 0  # the suite sets pad/bos/eos ids from the tokenizer
+    bos_id: int = 49406
+    eos_id: int = 49407
+    dropout: float = 0.0
+    # --- contrastive head ---
+    embed_dim: int = 512  # joint image-text embedding size
+    init_logit_scale: float = math.log(10.0)  # SigLIP init; CLIP uses log(1/0.07)
+    init_logit_bias: float = -10.0  # SigLIP init; unused by the softmax loss
+    max_logit_scale: float = math.log(100.0)
+    # --- cropped positional embeddings (RO-ViT), used in pretraining only ---
+    cropped_pos_embed: bool = False
+    cpe_grid: int = 64  # upsampled grid (tokens per side), e.g. 1024 px / 16
+    cpe_scale_min: float = 0.1  # crop area range, as a fraction of the upsampled grid
+    cpe_scale_max: float = 1.0
+    cpe_ratio_min: float = 0.5  # crop aspect-ratio range
+    cpe_ratio_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        def fail(key: str, why: str) -> None:
+            raise ValueError(f"model.{key}={getattr(self, key)!r}: {why}")
+
+        for key in ("image_size", "width", "depth", "heads", "vocab_size", "context_length", "embed_dim"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+                fail(key, "must be a positive integer")
+        if self.width % self.heads:
+            fail("heads", f"must divide model.width={self.width}")
+        if (self.width // self.heads) % 2:
+            fail("heads", "head size (width / heads) must be even")
+        if not 0 <= self.num_cross_attn <= self.depth:
+            fail("num_cross_attn", f"must be between 0 and model.depth={self.depth} (M <= N)")
+        if self.context_length < 3:
+            fail("context_length", "must be at least 3 (begin token, one token, end token)")
+        for key in ("pad_id", "bos_id", "eos_id"):
+            if not 0 <= getattr(self, key) < self.vocab_size:
+                fail(key, f"must be a token id below model.vocab_size={self.vocab_size}")
+        if self.pad_id in (self.bos_id, self.eos_id):
+            fail("pad_id", "must differ from model.bos_id and model.eos_id")
+        if self.image_pool not in IMAGE_POOLS:
+            fail("image_pool", f"must be one of {IMAGE_POOLS}")
+        if not 0.0 <= self.dropout < 1.0:
+            fail("dropout", "must be in [0, 1)")
+        if self.mlp_ratio <= 0:
+            fail("mlp_ratio", "must be positive")
+        if not 0.0 < self.cpe_scale_min <= self.cpe_scale_max <= 1.0:
+            fail("cpe_scale_min", "need 0 < cpe_scale_min <= cpe_scale_max <= 1")
+        if not 0.0 < self.cpe_ratio_min <= self.cpe_ratio_max:
+            fail("cpe_ratio_min", "need 0 < cpe_ratio_min <= cpe_ratio_max")
+        # validate and normalise the placement once; the decoder reads cross_attn_layers
+        self.cross_attn_placement = _as_placement(self.cross_attn_placement)
+        self.cross_attn_layers  # raises with the key named if inconsistent
+
+    @property
+    def cross_attn_layers(self) -> tuple[int, ...]:
+        """Indices (0 = first decoder layer) of the M layers that hold cross-attention."""
+        n, m, placement = self.depth, self.num_cross_attn, self.cross_attn_placement
+        if isinstance(placement, list):
+            if len(placement) != m:
+                raise ValueError(
+                    f"model.cross_attn_placement={placement}: lists {len(placement)} layers "
+                    f"but model.num_cross_attn={m}"
+                )
+            if len(set(placement)) != len(placement) or not all(0 <= i < n for i in placement):
+                raise ValueError(
+                    f"model.cross_attn_placement={placement}: need distinct layer indices in [0, {n})"
+                )
+            return tuple(sorted(placement))
+        if m == 0:
+            return ()
+        if placement == "top":  # the last M layers, closest to the output
+            return tuple(range(n - m, n))
+        if placement == "bottom":
+            return tuple(range(m))
+        # interleave: spread evenly, always ending at the top layer (N=12, M=6 -> 1,3,5,7,9,11)
+        return tuple(sorted({n - 1 - (i * n) // m for i in range(m)}))
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> MaMMUTConfig:
+        """Named presets; `tiny` is for tests and the CPU demo."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown MaMMUT preset {name!r}; known: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+def _as_placement(value: Any) -> str | list[int]:
+    if isinstance(value, str):
+        if value not in PLACEMENTS:
+            raise ValueError(
+                f"model.cross_attn_placement={value!r}: expected one of {PLACEMENTS} or a list of layer indices"
+            )
+        return value
+    try:
+        indices = [int(i) for i in value]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"model.cross_attn_placement={value!r}: expected one of {PLACEMENTS} or a list of layer indices"
+        ) from None
+    if any(float(i) != float(j) for i, j in zip(indices, value)):
+        raise ValueError(f"model.cross_attn_placement={value!r}: layer indices must be integers")
+    return indices
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # tests: timm's registered tiny ViT (patch 16, 64 wide, 6 blocks)
+    "test": dict(encoder="test_vit", image_size=32, width=32, depth=4, heads=2, num_cross_attn=2,
+                 vocab_size=128, context_length=16, embed_dim=32, bos_id=1, eos_id=2),
+    # CPU demo: a 4-block ViT-Tiny on 64 px images, patch 8 (64 tokens)
+    "tiny": dict(encoder="vit_tiny_patch16_224", image_size=64,
+                 encoder_kwargs={"patch_size": 8, "depth": 4}, width=192, depth=4, heads=3,
+                 num_cross_attn=2, context_length=32, embed_dim=128),
+    # the bench's matched size against open_clip's coca_ViT-B-32
+    "b32": dict(encoder="vit_base_patch32_224", image_size=224, width=512, depth=12, heads=8,
+                num_cross_attn=6, context_length=76, embed_dim=512),
+    "b16": dict(encoder="vit_base_patch16_224", image_size=224, width=512, depth=12, heads=8,
+                num_cross_attn=6, context_length=77, embed_dim=512),
+}

@@ -1,0 +1,134 @@
+"""Image encoder: a timm VisionTransformer whose positional embeddings we control.
+
+We re-run timm's ViT forward in three visible steps (patches + positions ->
+prefix tokens -> blocks) so that the positional embedding can be swapped:
+cropped positional embeddings (RO-ViT) in pretraining, resampled grids for
+other resolutions (detection), and extra tokens (video tubes) later.
+"""
+
+from __future__ import annotations
+
+import math
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from mammut_pl.model.config import MaMMUTConfig
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, config: MaMMUTConfig) -> None:
+        super().__init__()
+        self.config = config
+        try:
+            vit = timm.create_model(
+                config.encoder,
+                pretrained=False,
+                num_classes=0,
+                img_size=config.image_size,
+                dynamic_img_size=True,  # patch_embed returns (B, gh, gw, C); we add positions ourselves
+                **config.encoder_kwargs,
+            )
+        except RuntimeError as err:  # timm's "Unknown model" error
+            raise ValueError(f"model.encoder={config.encoder!r}: {err}") from None
+        if not isinstance(vit, VisionTransformer) or vit.pos_embed is None:
+            raise ValueError(
+                f"model.encoder={config.encoder!r}: expected a timm VisionTransformer with learned "
+                f"absolute positional embeddings (vit_*, deit_*, test_vit), got {type(vit).__name__}"
+            )
+        patch = vit.patch_embed.patch_size
+        if config.image_size % patch[0] or config.image_size % patch[1]:
+            raise ValueError(
+                f"model.image_size={config.image_size}: must be divisible by the encoder's patch size {patch[0]}"
+            )
+        self.vit = vit
+        self.width = vit.embed_dim  # C
+        self.patch_size = patch[0]
+        self.grid = tuple(vit.patch_embed.grid_size)  # (gh, gw) at config.image_size
+        # pos_embed holds the prefix (class/register) positions first unless no_embed_class
+        self.num_prefix_pos = 0 if vit.no_embed_class else vit.num_prefix_tokens
+
+    # --- positional embeddings -------------------------------------------------
+    def grid_pos_embed(self, grid: tuple[int, int] | None = None) -> Tensor:
+        """Learned patch positions as (1, gh, gw, C), resampled if `grid` differs from training."""
+        pos = self.vit.pos_embed[:, self.num_prefix_pos :]  # (1, gh*gw, C)
+        gh, gw = self.grid
+        if grid is not None and tuple(grid) != (gh, gw):
+            pos = resample_abs_pos_embed(pos, list(grid), [gh, gw], num_prefix_tokens=0)
+            gh, gw = grid
+        return pos.reshape(1, gh, gw, -1)
+
+    def cropped_pos_embed(self, batch_size: int) -> Tensor:
+        """RO-ViT cropped positional embeddings: (B, gh, gw, C), one random crop per image.
+
+        The grid is upsampled to cpe_grid x cpe_grid (the detection resolution), a
+        random region is cropped and resized back, so each image is seen as a
+        region of a larger one. Crop + resize is one bilinear grid_sample.
+        """
+        cfg = self.config
+        pos = self.grid_pos_embed().permute(0, 3, 1, 2)  # (1, C, gh, gw)
+        big = F.interpolate(pos, size=(cfg.cpe_grid, cfg.cpe_grid), mode="bilinear", align_corners=False)
+        device = pos.device
+        area = torch.empty(batch_size, device=device).uniform_(cfg.cpe_scale_min, cfg.cpe_scale_max)
+        log_ratio = torch.empty(batch_size, device=device).uniform_(
+            math.log(cfg.cpe_ratio_min), math.log(cfg.cpe_ratio_max)
+        )
+        ratio = log_ratio.exp()
+        w = (area * ratio).sqrt().clamp(max=1.0)  # crop size as a fraction of the side
+        h = (area / ratio).sqrt().clamp(max=1.0)
+        cx = (torch.rand(batch_size, device=device) * 2 - 1) * (1 - w)  # centre, crop stays inside
+        cy = (torch.rand(batch_size, device=device) * 2 - 1) * (1 - h)
+        zero = torch.zeros_like(w)
+        theta = torch.stack([torch.stack([w, zero, cx], -1), torch.stack([zero, h, cy], -1)], 1)  # (B, 2, 3)
+        gh, gw = self.grid
+        sample_grid = F.affine_grid(theta, [batch_size, pos.shape[1], gh, gw], align_corners=False)
+        crops = F.grid_sample(big.expand(batch_size, -1, -1, -1), sample_grid, mode="bilinear", align_corners=False)
+        return crops.permute(0, 2, 3, 1)  # (B, gh, gw, C)
+
+    # --- forward in three steps ---------------------------------------------------
+    def embed_patches(self, images: Tensor) -> Tensor:
+        """Patch tokens with positional embeddings: (B, 3, H, W) -> (B, gh*gw, C)."""
+        x = self.vit.patch_embed(images)  # (B, gh, gw, C)
+        B, gh, gw, C = x.shape
+        if self.training and self.config.cropped_pos_embed and (gh, gw) == self.grid:
+            x = x + self.cropped_pos_embed(B).to(x.dtype)
+        else:
+            x = x + self.grid_pos_embed((gh, gw)).to(x.dtype)
+        return x.reshape(B, gh * gw, C)
+
+    def transformer(self, patch_tokens: Tensor) -> Tensor:
+        """Prefix tokens + ViT blocks + final norm: (B, N, C) -> (B, P + N, C)."""
+        vit = self.vit
+        B = patch_tokens.shape[0]
+        prefix = []
+        if vit.cls_token is not None:
+            prefix.append(vit.cls_token.expand(B, -1, -1))
+        if vit.reg_token is not None:
+            prefix.append(vit.reg_token.expand(B, -1, -1))
+        if prefix:
+            prefix = torch.cat(prefix, dim=1)
+            if self.num_prefix_pos:
+                prefix = prefix + vit.pos_embed[:, : self.num_prefix_pos]
+            x = torch.cat([prefix.to(patch_tokens.dtype), patch_tokens], dim=1)
+        else:
+            x = patch_tokens
+        x = vit.pos_drop(x)
+        x = vit.norm_pre(x)
+        x = vit.blocks(x)
+        return vit.norm(x)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> image tokens (B, P + N, C), P = class/register tokens."""
+        return self.transformer(self.embed_patches(images))
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """Image tokens (B, P + N, C) -> one vector per image (B, C)."""
+        if self.config.image_pool == "token":
+            if self.vit.cls_token is None:
+                raise ValueError(f"model.image_pool='token' but model.encoder={self.config.encoder!r} has no class token")
+            return tokens[:, 0]
+        return tokens[:, self.vit.num_prefix_tokens :].mean(dim=1)

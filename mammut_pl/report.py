@@ -1,0 +1,53 @@
+"""What a person reads at the end of a run: metrics, example outputs, where the run is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mammut_pl.config import Config, tracking_uri
+
+
+def example_captions(task: Any, datamodule: Any, n: int, max_new_tokens: int, num_beams: int = 1,
+                     length_penalty: float = 1.0) -> list[tuple[str, list[str]]]:
+    """(generated caption, reference captions) for the first n test images."""
+    loader = datamodule.test_dataloader()
+    batch = next(iter(loader))
+    model = task.model.eval()
+    images = batch["images"][:n].to(task.device)
+    with torch.no_grad():
+        tokens = model.generate(images, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                length_penalty=length_penalty)
+    return list(zip(task.decode(tokens), batch["captions"][:n]))
+
+
+def print_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, float], logger: Any, run_dir: Path) -> None:
+    line = "=" * 72
+    print(f"\n{line}\nmammut_pl | experiment={cfg.experiment or 'default'} task={cfg.task} "
+          f"| trained {metrics.get('train_seconds', 0):.0f} s")
+    if "test/i2t_R@1" in metrics:
+        for direction, name in (("i2t", "image -> text"), ("t2i", "text -> image")):
+            r = [metrics.get(f"test/{direction}_R@{k}", float("nan")) for k in (1, 5, 10)]
+            print(f"zero-shot retrieval {name}: R@1 {r[0]:5.1f}  R@5 {r[1]:5.1f}  R@10 {r[2]:5.1f}")
+        if hasattr(datamodule, "split"):
+            images = datamodule.split(datamodule.test_split) if hasattr(datamodule, "test_split") else None
+            if images:
+                chance = 100.0 / len(images)
+                print(f"  ({len(images)} test images; chance R@1 for text -> image = {chance:.1f})")
+    if cfg.task == "pretrain" and cfg.loss.caption_weight > 0:
+        print("\ngenerated captions (greedy) vs references:")
+        for generated, refs in example_captions(task, datamodule, cfg.eval.num_examples, cfg.eval.max_new_tokens):
+            print(f"  generated: {generated!r}\n  reference: {refs[0]!r}")
+    print(f"\ncheckpoints: {run_dir / 'checkpoints'}")
+    if logger is not None:
+        print(f"MLflow run {logger.run_id} in {tracking_uri(cfg)}")
+        print(f"  open the UI: `make mlflow-ui`, then {logger.run_id and run_url_of(logger)}")
+    print(line)
+
+
+def run_url_of(logger: Any) -> str:
+    from mammut_pl.tracking import run_url
+
+    return run_url(logger)

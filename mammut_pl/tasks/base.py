@@ -1,0 +1,121 @@
+"""What every MaMMUT task shares: the model, init_from, the optimizer and schedule,
+and the non-finite-loss guard. Tasks differ in their steps, losses and metrics."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from mammut_pl.config import Config, from_dict
+from mammut_pl.data.tokenizer import Tokenizer
+from mammut_pl.model import MaMMUT
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def load_weights(path: str) -> dict[str, Tensor]:
+    """Model weights from a suite checkpoint (.ckpt) or a plain state_dict, loaded safely
+    (weights_only=True: no code from the file runs)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"model.init_from: checkpoint not found: {p}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or holds arbitrary objects
+        raise ValueError(f"model.init_from: cannot load {p} as a weights-only checkpoint: {err}") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"model.init_from: {p} holds no state_dict")
+    # suite checkpoints prefix the model's weights with "model."
+    if any(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    return state
+
+
+class MaMMUTTask(L.LightningModule):
+    def __init__(self, cfg: dict[str, Any], tokenizer: Tokenizer | None = None) -> None:
+        super().__init__()
+        # the resolved config (plain dict) goes into every checkpoint
+        self.save_hyperparameters({"cfg": cfg}, logger=False)
+        self.cfg: Config = from_dict(cfg)
+        self.tokenizer = tokenizer
+        self.model = MaMMUT(self.cfg.model.architecture())
+        if self.cfg.model.init_from:
+            self.init_from(self.cfg.model.init_from)
+
+    def init_from(self, path: str) -> None:
+        state = load_weights(path)
+        own = self.model.state_dict()
+        # shapes that differ (e.g. a new vocabulary) are left at their fresh initialisation
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(set(state) - set(usable))
+        missing = sorted(set(own) - set(usable))
+        self.model.load_state_dict(usable, strict=False)
+        log.info("model.init_from=%s: loaded %d tensors, %d not used, %d newly initialised",
+                 path, len(usable), len(skipped), len(missing))
+        if not usable:
+            raise ValueError(f"model.init_from={path}: no tensor matches this model's architecture")
+
+    # --- non-finite guard ----------------------------------------------------------
+    def check_finite(self, loss: Tensor) -> Tensor | None:
+        """Stop (default) or skip the step when the loss is NaN/inf; the last good
+        checkpoint is kept either way."""
+        if torch.isfinite(loss):
+            return loss
+        msg = f"non-finite loss ({loss.item()}) at global step {self.global_step}"
+        self.log("train/nonfinite_steps", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+        if self.cfg.loss.nonfinite == "skip":
+            log.warning("%s: skipping this step (loss.nonfinite=skip)", msg)
+            return None
+        raise NonFiniteLossError(f"{msg}: stopping (set loss.nonfinite=skip to skip such steps); "
+                                 "the last good checkpoint is kept")
+
+    # --- optimisation ----------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.cfg.optim
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            # no weight decay on biases, norms, embeddings and the contrastive scale/bias
+            if p.ndim < 2 or "embed" in name.split(".")[-1] or "token_embed" in name or "logit_" in name:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+            fused=torch.cuda.is_available() and self.device.type == "cuda" or None,
+        )
+        total = self.trainer.estimated_stepping_batches
+        warmup = o.warmup_steps
+
+        def schedule(step: int) -> float:  # linear warmup, cosine decay to min_lr_ratio
+            if step < warmup:
+                return (step + 1) / warmup
+            if not math.isfinite(total) or total <= warmup:
+                return 1.0
+            progress = min(1.0, (step - warmup) / (total - warmup))
+            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.cfg.optim.grad_clip > 0:
+            self.clip_gradients(optimizer, self.cfg.optim.grad_clip, "norm")
+
+    # --- helpers for tasks -------------------------------------------------------------
+    def decode(self, tokens: Tensor) -> list[str]:
+        assert self.tokenizer is not None, "a tokenizer is needed to decode"
+        return [self.tokenizer.decode(row.tolist()) for row in tokens]

@@ -1,0 +1,88 @@
+"""Pretraining: focal (or softmax / sigmoid) contrastive + captioning loss, weighted;
+validation = zero-shot retrieval R@1/5/10 both ways + caption loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from mammut_pl.losses import CaptionLoss, build_contrastive_loss
+from mammut_pl.metrics import RetrievalRecall
+from mammut_pl.tasks.base import MaMMUTTask
+
+
+class PretrainTask(MaMMUTTask):
+    def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
+        super().__init__(cfg, tokenizer)
+        loss = self.cfg.loss
+        self.contrastive_loss = build_contrastive_loss(loss.contrastive, loss.focal_gamma)
+        self.caption_loss = CaptionLoss(self.cfg.model.pad_id, loss.label_smoothing)
+        self.val_retrieval = RetrievalRecall()
+        self.test_retrieval = RetrievalRecall()
+        self._skipped_total = 0
+
+    def losses(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
+        w_con, w_cap = self.cfg.loss.contrastive_weight, self.cfg.loss.caption_weight
+        # a pass whose weight is 0 is not run at all (CLIP / captioner baselines)
+        out = self.model(images, tokens, contrastive=w_con > 0, generative=w_cap > 0)
+        losses: dict[str, Tensor] = {}
+        total = 0.0
+        if w_con > 0:
+            losses["contrastive_loss"] = self.contrastive_loss(
+                out["image_embed"], out["text_embed"], out["logit_scale"], out["logit_bias"])
+            total = total + w_con * losses["contrastive_loss"]
+        if w_cap > 0:
+            losses["caption_loss"] = self.caption_loss(out["caption_logits"], tokens)
+            total = total + w_cap * losses["caption_loss"]
+        losses["loss"] = total
+        losses["logit_scale"] = out["logit_scale"].detach()
+        return losses
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        losses = self.losses(batch["images"], batch["tokens"])
+        B = batch["images"].shape[0]
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=B)
+        if "skipped" in batch:  # web samples skipped by the reader, running total
+            self._skipped_total += int(batch["skipped"])
+            self.log("train/skipped_samples", float(self._skipped_total), batch_size=B)
+        return self.check_finite(losses["loss"])
+
+    def _retrieval_step(self, batch: dict[str, Any], metric: RetrievalRecall, stage: str) -> None:
+        image_tokens = self.model.image_tokens(batch["images"])
+        image_embed = self.model.image_embedding(image_tokens)
+        text_embed = self.model.encode_text(batch["tokens"])
+        metric.update(image_embed, batch["image_ids"], text_embed, batch["text_ids"], batch["text_image_ids"])
+        if self.cfg.loss.caption_weight > 0:
+            # caption loss on each image's first caption
+            first = batch["tokens"][_first_caption_rows(batch["text_image_ids"])]
+            logits = self.model.caption_logits(image_tokens, first)
+            self.log(f"{stage}/caption_loss", self.caption_loss(logits, first),
+                     batch_size=len(first), sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._retrieval_step(batch, self.val_retrieval, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_retrieval(self.val_retrieval, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._retrieval_step(batch, self.test_retrieval, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_retrieval(self.test_retrieval, "test")
+
+    def _log_retrieval(self, metric: RetrievalRecall, stage: str) -> None:
+        if not metric.update_called:
+            return
+        for name, value in metric.compute().items():
+            self.log(f"{stage}/{name}", value)
+        metric.reset()
+
+
+def _first_caption_rows(text_image_ids: Tensor) -> Tensor:
+    """Index of the first text of each image (texts are grouped by image, in order)."""
+    change = text_image_ids.new_ones(text_image_ids.shape, dtype=bool)
+    change[1:] = text_image_ids[1:] != text_image_ids[:-1]
+    return change.nonzero().squeeze(1)

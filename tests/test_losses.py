@@ -1,0 +1,142 @@
+"""Losses: hand-worked cases, open_clip as an independent reference, and the 2-rank
+(gloo) run equal to one process on the concatenated batch."""
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mammut_pl.losses import (CaptionLoss, FocalContrastiveLoss, SigmoidContrastiveLoss,
+                              SoftmaxContrastiveLoss, build_contrastive_loss)
+
+
+def embeds(B=6, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (F.normalize(torch.randn(B, D, generator=g), dim=-1),
+            F.normalize(torch.randn(B, D, generator=g), dim=-1))
+
+
+def test_focal_hand_worked_2x2():
+    # cosine sims [[1, 0], [0, 1]] with scale 2, bias -1 -> logits [[1, -1], [-1, 1]]
+    img = torch.eye(2)
+    txt = torch.eye(2)
+    gamma = 2.0
+    loss = FocalContrastiveLoss(gamma)(img, txt, torch.tensor(2.0), torch.tensor(-1.0))
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    p_pos = sig(1.0)  # matching pair, p = sigmoid(1)
+    p_neg = 1 - sig(-1.0)  # non-matching pair, p = 1 - sigmoid(-1)
+    per_pair = lambda p: -((1 - p) ** gamma) * math.log(p)  # noqa: E731
+    expected = (2 * per_pair(p_pos) + 2 * per_pair(p_neg)) / 2  # sum over 4 pairs / B
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_focal_with_gamma_zero_is_sigmoid():
+    img, txt = embeds()
+    s, b = torch.tensor(7.0), torch.tensor(-3.0)
+    torch.testing.assert_close(FocalContrastiveLoss(0.0)(img, txt, s, b), SigmoidContrastiveLoss()(img, txt, s, b))
+    assert FocalContrastiveLoss(2.0)(img, txt, s, b) < SigmoidContrastiveLoss()(img, txt, s, b)
+
+
+def test_focal_downweights_easy_pairs():
+    # an easy negative (very negative logit) contributes far less with gamma > 0
+    loss = FocalContrastiveLoss(2.0)
+    logits = torch.tensor([[-8.0]])
+    pos = torch.tensor([[False]])
+    easy = loss.pair_losses(logits, pos).item()
+    assert easy < 1e-6 < SigmoidContrastiveLoss().pair_losses(logits, pos).item()
+
+
+def test_sigmoid_matches_open_clip():
+    from open_clip.loss import SigLipLoss
+
+    img, txt = embeds()
+    s, b = torch.tensor(10.0), torch.tensor(-10.0)
+    ref = SigLipLoss()(img, txt, s, b)
+    torch.testing.assert_close(SigmoidContrastiveLoss()(img, txt, s, b), ref)
+
+
+def test_softmax_matches_open_clip():
+    from open_clip.loss import ClipLoss
+
+    img, txt = embeds()
+    s = torch.tensor(14.3)
+    torch.testing.assert_close(SoftmaxContrastiveLoss()(img, txt, s), ClipLoss()(img, txt, s))
+
+
+def test_caption_loss_ignores_padding_and_masks_targets():
+    V = 5
+    logits = torch.randn(2, 4, V)
+    tokens = torch.tensor([[1, 3, 2, 0], [1, 4, 4, 2]])
+    # reference: explicit list of (logit row, target) pairs
+    pairs = [(0, 0, 3), (0, 1, 2), (1, 0, 4), (1, 1, 4), (1, 2, 2)]
+    ref = torch.stack([F.cross_entropy(logits[b, t][None], torch.tensor([y])) for b, t, y in pairs]).mean()
+    torch.testing.assert_close(CaptionLoss(pad_id=0)(logits, tokens), ref)
+    # only answer tokens (positions >= 2) count
+    mask = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    pairs = [(0, 1, 2), (1, 1, 4), (1, 2, 2)]
+    ref = torch.stack([F.cross_entropy(logits[b, t][None], torch.tensor([y])) for b, t, y in pairs]).mean()
+    torch.testing.assert_close(CaptionLoss(pad_id=0)(logits, tokens, mask), ref)
+
+
+def test_unknown_loss_named():
+    with pytest.raises(ValueError, match="loss.contrastive"):
+        build_contrastive_loss("hinge")
+
+
+# --- data parallel: 2 gloo ranks == 1 process on the concatenated batch -----------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, kind, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(8, 8)  # a shared "model": gradients are what DDP averages
+    scale = torch.nn.Parameter(torch.tensor(5.0))
+    bias = torch.nn.Parameter(torch.tensor(-2.0))
+    img, txt = embeds(B=8)
+    b = 8 // world
+    sl = slice(rank * b, (rank + 1) * b)
+    loss_fn = build_contrastive_loss(kind, 2.0)
+    loss = loss_fn(F.normalize(proj(img[sl]), dim=-1), F.normalize(proj(txt[sl]), dim=-1), scale, bias)
+    loss.backward()
+    grads = [proj.weight.grad, proj.bias.grad, scale.grad] + ([bias.grad] if bias.grad is not None else [])
+    for g in grads:  # what DDP does: average over ranks
+        dist.all_reduce(g)
+        g /= world
+    value = loss.detach().clone()
+    dist.all_reduce(value)
+    if rank == 0:
+        torch.save({"loss": value / world, "grads": grads}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("kind", ["focal", "sigmoid", "softmax"])
+def test_two_ranks_equal_one_process(kind, tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_rank_main, args=(2, _free_port(), kind, str(out)), nprocs=2, join=True)
+    got = torch.load(out)
+    # one process, whole batch
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(8, 8)
+    scale = torch.nn.Parameter(torch.tensor(5.0))
+    bias = torch.nn.Parameter(torch.tensor(-2.0))
+    img, txt = embeds(B=8)
+    loss = build_contrastive_loss(kind, 2.0)(F.normalize(proj(img), dim=-1), F.normalize(proj(txt), dim=-1), scale, bias)
+    loss.backward()
+    torch.testing.assert_close(got["loss"], loss.detach())
+    ref = [proj.weight.grad, proj.bias.grad, scale.grad] + ([bias.grad] if bias.grad is not None else [])
+    assert len(ref) == len(got["grads"])
+    for g, r in zip(got["grads"], ref):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
