@@ -196,14 +196,18 @@ SUPERSAMPLE = 4
 
 
 def render(objs: Iterable[Obj], bg: np.ndarray) -> Image.Image:
-    """Draw shapes over a background at 4x and box-filter down: anti-aliased edges, exact geometry."""
+    """Draw the shapes at 4x (colour on black, and a coverage mask), box-reduce both to 1x: anti-aliased
+    edges and exact geometry; the reduced colour is premultiplied by coverage, so blending is one line."""
     size = bg.shape[0]
-    big = Image.fromarray(np.repeat(np.repeat(bg, SUPERSAMPLE, 0), SUPERSAMPLE, 1))
-    draw = ImageDraw.Draw(big)
+    colour, mask = Image.new("RGB", (size * SUPERSAMPLE,) * 2), Image.new("L", (size * SUPERSAMPLE,) * 2)
+    draw_colour, draw_mask = ImageDraw.Draw(colour), ImageDraw.Draw(mask)
     for o in objs:
-        draw.polygon([(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in shape_polygon(o.shape, o.cx, o.cy, o.r)],
-                     fill=o.rgb)
-    return big.resize((size, size), Image.BOX)
+        poly = [(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in shape_polygon(o.shape, o.cx, o.cy, o.r)]
+        draw_colour.polygon(poly, fill=o.rgb)
+        draw_mask.polygon(poly, fill=255)
+    premult = np.asarray(colour.reduce(SUPERSAMPLE), dtype=np.float32)
+    alpha = np.asarray(mask.reduce(SUPERSAMPLE), dtype=np.float32)[..., None] / 255.0
+    return Image.fromarray(np.uint8(np.clip(bg * (1.0 - alpha) + premult + 0.5, 0, 255)))
 
 
 def jpeg_bytes(img: Image.Image) -> bytes:
@@ -666,23 +670,23 @@ def write_msrvtt(root: Path, seed: int, sz: DemoSizes) -> tuple[dict[str, Any], 
 
 
 def lvis_categories(rng: np.random.Generator) -> dict[str, str]:
-    """Colour x shape -> frequency tier. Rare ones are new combinations of colours and shapes that all
-    appear in at least two base (c/f) categories, so open-vocabulary transfer to them is possible."""
+    """Colour x shape -> frequency tier. The 7 rare ones (one per colour, at most 2 per shape) combine
+    colours and shapes that each appear in several base (c/f) categories: open-vocabulary transfer works."""
     combos = [(c, s) for c in COLORS for s in SHAPES]
     tiers = {f"{c}_{s}": "c" for c, s in combos}
     rare: list[tuple[str, str]] = []
     for i in rng.permutation(len(combos)):
         c, s = combos[i]
-        if len(rare) < 8 and all(x[0] != c for x in rare) and sum(x[1] == s for x in rare) < 2:
+        if len(rare) < 7 and all(x[0] != c for x in rare) and sum(x[1] == s for x in rare) < 2:
             rare.append((c, s))
     for c, s in rare:
         tiers[f"{c}_{s}"] = "r"
     base = [n for n in sorted(tiers) if tiers[n] == "c"]
-    freq_colours: set[str] = set()
+    frequent: list[tuple[str, str]] = []  # 6, of distinct colours and at most 2 of a shape
     for i in rng.permutation(len(base)):
-        c = base[i].split("_")[0]
-        if len(freq_colours) < 6 and c not in freq_colours:
-            freq_colours.add(c)
+        c, s = base[i].split("_")
+        if len(frequent) < 6 and all(x[0] != c for x in frequent) and sum(x[1] == s for x in frequent) < 2:
+            frequent.append((c, s))
             tiers[base[i]] = "f"
     return tiers
 
@@ -734,11 +738,13 @@ def write_lvis(root: Path, seed: int, sz: DemoSizes) -> tuple[dict[str, Any], li
                            "coco_url": f"http://images.cocodataset.org/{folder}/{fname}",
                            "not_exhaustive_category_ids": []})  # every instance is annotated
             for n, o in zip(cats, objs):
-                poly = [(min(max(x, 0.0), IMAGE_SIZE), min(max(y, 0.0), IMAGE_SIZE)) for x, y in shape_polygon(o.shape, o.cx, o.cy, o.r)]
+                # rounded once, so box, area and polygon agree exactly
+                poly = [(round(min(max(x, 0.0), IMAGE_SIZE), 2), round(min(max(y, 0.0), IMAGE_SIZE), 2))
+                        for x, y in shape_polygon(o.shape, o.cx, o.cy, o.r)]
                 xs, ys = [p[0] for p in poly], [p[1] for p in poly]
-                bbox = [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
+                bbox = [min(xs), min(ys), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
                 anns.append({"area": round(polygon_area(poly), 2), "id": ann_id,
-                             "segmentation": [[round(v, 2) for p in poly for v in p]],
+                             "segmentation": [[v for p in poly for v in p]],
                              "image_id": image_id, "bbox": bbox, "category_id": cat_id[n]})
                 ann_id += 1
         out[split] = (images, anns)

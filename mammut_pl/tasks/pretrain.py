@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from mammut_pl.losses import CaptionLoss, build_contrastive_loss
-from mammut_pl.metrics import RetrievalRecall
+from mammut_pl.metrics.retrieval import RetrievalRecall
 from mammut_pl.tasks.base import MaMMUTTask
 
 

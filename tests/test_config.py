@@ -1,0 +1,66 @@
+"""Config: typed defaults <- experiment <- overrides; bad keys/values named before any work."""
+
+import pytest
+
+from mammut_pl import config as C
+from mammut_pl.fit import main
+
+
+def test_every_experiment_loads():
+    assert {"demo", "pretrain"} <= set(C.list_experiments())
+    for name in C.list_experiments():
+        cfg = C.load(name)
+        assert cfg.experiment == name
+
+
+def test_override_order():
+    cfg = C.load("demo", ["model.num_cross_attn=1", "optim.lr=0.1"])
+    assert cfg.model.num_cross_attn == 1 and cfg.optim.lr == 0.1
+    assert cfg.model.width == 192  # from demo.yaml
+    assert cfg.loss.contrastive == "focal"  # typed default
+    assert cfg.model.cross_attn_layers == (3,)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lrr=1"], "unknown config key `optim.lrr`.*Did you mean `optim.lr`"),
+    (["modle.width=3"], "unknown config key `modle`.*Did you mean `model`"),
+    (["model.width=abc"], "bad value for `model.width`"),
+    (["model.num_cross_attn=9"], "model.num_cross_attn=9: must be between 0 and model.depth=4"),
+    (["loss.caption_weight=-1"], "loss.caption_weight"),
+    (["loss.caption_weight=0", "loss.contrastive_weight=0"], "cannot both be 0"),
+    (["model.image_size=60"], None),  # checked when the encoder is built (patch size known): see test_model
+    (["trainer.max_step=3"], "trainer.max_step.*Did you mean `trainer.max_steps`"),
+    (["trainer.logger=false"], "trainer.logger"),
+    (["data.name=imagenet"], "data.name"),
+    (["loss.contrastive=hinge"], "loss.contrastive"),
+])
+def test_bad_config_named(overrides, message):
+    if message is None:
+        C.load("demo", overrides)
+        return
+    with pytest.raises(C.ConfigError, match=message):
+        C.load("demo", overrides)
+
+
+def test_experiment_typo_suggests():
+    with pytest.raises(C.ConfigError, match="Did you mean experiment=demo"):
+        C.load("dmeo")
+
+
+def test_cli_exit_codes(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "pretrain" in out and "ckpt_path" in out
+    assert main(["experiment=demo", "print_config=true", "model.depth=6"]) == 0
+    out = capsys.readouterr().out
+    assert "depth: 6" in out and "encoder: vit_tiny_patch16_224" in out
+    assert main(["experiment=demo", "optim.lrr=1"]) == 2
+    assert "Did you mean `optim.lr`" in capsys.readouterr().err
+    assert main(["experiment=demo", "notakeyvalue"]) == 2
+
+
+def test_flatten_for_mlflow():
+    flat = C.flatten(C.to_dict(C.load("demo")))
+    assert flat["model.width"] == 192 and flat["trainer.max_steps"] == 1000
+    assert all("." in k or k in {"experiment", "task", "seed", "ckpt_path", "output_dir", "print_config",
+                                 "checkpoint_every_n_steps"} for k in flat)
