@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,8 @@ special: print_config=true prints the resolved config and exits;
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # MLflow forbids "@" in metric names; Lightning maps val/i2t_R@1 -> val/i2t_R1 (see README)
+    warnings.filterwarnings("ignore", message="MLFlow only allows")
     if any(a in ("-h", "--help", "help") for a in argv):
         keys = ", ".join(f.name for f in dataclasses.fields(Config))
         print(USAGE.format(experiments=", ".join(config_lib.list_experiments()), keys=keys))

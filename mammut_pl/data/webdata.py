@@ -126,10 +126,11 @@ class WebDataModule(L.LightningDataModule):
         source = (wds.ResampledShards(self.urls, seed=self.seed) if self.resampled
                   else wds.SimpleShardList(self.urls))
         split = [] if self.resampled else [wds.split_by_node]
+        shuffle = [wds.shuffle(self.shuffle_buffer, seed=self.seed)] if self.shuffle_buffer > 1 else []
         pipeline = wds.DataPipeline(
             source, *split, wds.split_by_worker,
             wds.tarfile_to_samples(handler=counter.tar_handler),
-            wds.shuffle(self.shuffle_buffer, seed=self.seed) if self.shuffle_buffer > 1 else wds.pipelinefilter(lambda s: s)(),
+            *shuffle,
             wds.pipelinefilter(decode_pairs)(transform, counter),
             wds.batched(self.batch_size, collation_fn=PairBatcher(self.tokenizer, self.context_length), partial=False),
         )
