@@ -61,6 +61,6 @@ def test_cli_exit_codes(capsys):
 
 def test_flatten_for_mlflow():
     flat = C.flatten(C.to_dict(C.load("demo")))
-    assert flat["model.width"] == 192 and flat["trainer.max_steps"] == 1000
+    assert flat["model.width"] == 192 and flat["trainer.max_steps"] == 1500
     assert all("." in k or k in {"experiment", "task", "seed", "ckpt_path", "output_dir", "print_config",
                                  "checkpoint_every_n_steps"} for k in flat)

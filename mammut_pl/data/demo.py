@@ -15,8 +15,8 @@ folder, in its published layout, so a reader written for the real data reads the
     DIR/lvis/            lvis_v1_{train,val}.json, {train,val}2017/*.jpg; r/c/f categories
     DIR/manifest.json    written last: its presence marks a finished world
 
-Same seed -> byte-identical files. Every dataset draws from its own RNG stream, so changing one writer
-does not change the others.
+Same seed -> byte-identical files (JSON, JPEG, tar and, with the same PyAV/x264 build, mp4). Every dataset
+draws from its own RNG stream, so changing one writer does not change the others.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class DemoSizes:
     msrvtt_test: int
     lvis_train: int
     lvis_val: int
-    lvis_targets: dict  # train images per category, by frequency: {"r": (lo, hi), "c": ..., "f": ...}
+    lvis_targets: dict[str, tuple[int, int]]  # train images per category, by frequency: {"r": (lo, hi), "c": ..., "f": ...}
     lvis_val_target: tuple[int, int]  # val images per category (every category, rare included)
     lvis_thresholds: bool = True  # frequency from LVIS' train-image thresholds (r <= 10 < c <= 100 < f)
 
@@ -457,14 +457,18 @@ def write_video(path: Path, frames: Sequence[np.ndarray]) -> str:
 
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(str(path), "w", format="mp4") as container:
-        # one thread and fixed settings: identical bytes run to run
-        options = {"crf": "22", "preset": "medium", "threads": "1"} if codec == "libx264" else {"threads": "1"}
+        # Identical bytes run to run: one thread, and no MB-tree rate control, whose output on such small
+        # frames was seen to depend on uninitialised memory (differed between processes).
+        options = ({"crf": "25", "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
+                   if codec == "libx264" else {"threads": "1"})
         stream = container.add_stream(codec, rate=VIDEO_FPS, options=options)
         stream.width, stream.height, stream.pix_fmt = VIDEO_SIZE, VIDEO_SIZE, "yuv420p"
         if codec == "mpeg4":
             stream.bit_rate = 400_000
-        for arr in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+        for t, arr in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            frame.pts = t  # explicit timestamps (time base 1/fps)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -816,6 +820,9 @@ def write_demo(out: str | Path, seed: int = 0, tiny: bool = False, force: bool =
         counts["tokenizer"] = {"vocab_size": tok.vocab_size}
         _dump({"version": VERSION, "seed": seed, "tiny": tiny, "counts": counts, "created_by": "mammut_pl.data.demo"},
               tmp / "manifest.json")
+        if not force and _manifest_matches(out, seed, tiny):  # another process (a DDP rank) finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return out
         if out.exists():  # an older/other demo world (or forced): move it aside, then swap
             old = out.parent / f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}"
             out.rename(old)
@@ -839,7 +846,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="folder to write (each dataset in a subfolder)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="a few images per dataset, for tests (< 2 s)")
-    p.add_argument("--force", action="store_true", help="rewrite even if a matching world is there")
+    p.add_argument("--force", action="store_true",
+                   help="rewrite even if a matching world is there; replace a folder that is not a demo world")
     a = p.parse_args(argv)
     write_demo(a.out, seed=a.seed, tiny=a.tiny, force=a.force)
 
