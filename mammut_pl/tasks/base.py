@@ -52,6 +52,8 @@ class MaMMUTTask(L.LightningModule):
         self.model = MaMMUT(self.cfg.model.architecture())
         if self.cfg.model.init_from:
             self.init_from(self.cfg.model.init_from)
+        if self.cfg.model.compile:
+            self.model.compile()  # in place: state_dict keys (and checkpoints) stay the same
 
     def init_from(self, path: str) -> None:
         state = load_weights(path)
