@@ -106,6 +106,12 @@ def retrieval_recall(
     return result
 
 
+def _has_data(state: list[Tensor] | Tensor) -> bool:
+    if isinstance(state, Tensor):
+        return state.numel() > 0
+    return any(t.numel() > 0 for t in state)
+
+
 def _first_occurrence(ids: Tensor) -> tuple[Tensor, Tensor]:
     """Sorted unique ids and, for each, the index of its first occurrence in ``ids``."""
     unique, inverse = torch.unique(ids, return_inverse=True)
@@ -167,7 +173,8 @@ class RetrievalRecall(torchmetrics.Metric):
             self.text_image_ids.append(text_image_ids)
 
     def compute(self) -> dict[str, Tensor]:
-        if not self.image_ids or not self.text_ids:
+        # Before a DDP sync the states are lists of tensors, after it single tensors.
+        if not _has_data(self.image_ids) or not _has_data(self.text_ids):
             raise ValueError("RetrievalRecall.compute() needs at least one image and one text")
         image_embeds = dim_zero_cat(self.image_embeds)
         image_ids = dim_zero_cat(self.image_ids)

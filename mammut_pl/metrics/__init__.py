@@ -1,0 +1,22 @@
+"""Evaluation metrics: retrieval recall, VQA accuracy, COCO captioning scores."""
+
+from mammut_pl.metrics.captioning import (
+    CaptionMetrics,
+    caption_scores,
+    distinct_caption_fraction,
+    ptb_tokenize,
+)
+from mammut_pl.metrics.retrieval import RetrievalRecall, retrieval_recall
+from mammut_pl.metrics.vqa import VQAAccuracy, normalize_answer, vqa_accuracy
+
+__all__ = [
+    "CaptionMetrics",
+    "RetrievalRecall",
+    "VQAAccuracy",
+    "caption_scores",
+    "distinct_caption_fraction",
+    "normalize_answer",
+    "ptb_tokenize",
+    "retrieval_recall",
+    "vqa_accuracy",
+]
