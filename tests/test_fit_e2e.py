@@ -71,7 +71,8 @@ def test_short_pretraining_beats_chance(tmp_path_factory):
 
     world = write_demo(tmp_path_factory.mktemp("full_world"))
     tmp = tmp_path_factory.mktemp("learn")
-    r = fit(tmp, world, "trainer.max_steps=250", "trainer.val_check_interval=125", "data.batch_size=32",
+    r = fit(tmp, world, "trainer.max_steps=250", "trainer.max_time=null", "trainer.val_check_interval=125",
+            "data.batch_size=32",
             "optim.warmup_steps=20", "data.num_workers=1", "trainer.log_every_n_steps=10")
     assert r.returncode == 0, r.stderr[-3000:]
     client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
