@@ -25,7 +25,7 @@ def fit(tmp: Path, world: Path, *overrides: str) -> subprocess.CompletedProcess:
             f"data.root={world}/webdata", f"data.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
             f"output_dir={tmp}/outputs", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
             "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", *overrides]
-    return subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=600)
+    return subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=1800)
 
 
 def test_fit_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, world):
