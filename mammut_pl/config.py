@@ -68,8 +68,12 @@ class DataConfig:
     val_split: str = "val"
     test_split: str = "test"
     max_eval_images: int = 0  # 0 = all
-    # vqav2
-    train_split: str = ""  # default per dataset (vqav2: train2014)
+    # vqav2 (official question/annotation JSON + COCO image folders)
+    train_split: str = "train2014"  # vqav2: one split or several joined by "+", e.g. train2014+val2014
+    predict_split: str = "test-dev2015"  # questions only: `python -m mammut_pl.predict` writes the results JSON
+    vqa_prompt: str = "question: {question} answer:"  # the decoder's prompt; {question} is filled in
+    max_answer_tokens: int = 8  # training answers are cut to this many tokens
+    max_eval_questions: int = 0  # 0 = all
     # set from experiment files of the later tasks
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -248,6 +252,10 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
     need(cfg.eval.num_beams >= 1, "eval.num_beams", "must be >= 1")
     need(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+    need(cfg.data.max_answer_tokens >= 1, "data.max_answer_tokens", "must be >= 1")
+    need("{question}" in cfg.data.vqa_prompt, "data.vqa_prompt", "must contain {question}")
+    if cfg.task == "vqa":
+        need(cfg.data.name == "vqav2", "data.name", "task=vqa reads data.name=vqav2")
     _validate_trainer(cfg.trainer)
 
 

@@ -58,6 +58,13 @@ def build_datamodule(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule
         return CocoCaptionsDataModule(d.root, eval_batch_size=d.eval_batch_size, karpathy_file=d.karpathy_file,
                                       val_split=d.val_split, test_split=d.test_split,
                                       max_eval_images=d.max_eval_images, **common)
+    if d.name == "vqav2":
+        from mammut_pl.data.vqav2 import VQAv2DataModule
+
+        return VQAv2DataModule(d.root, eval_batch_size=d.eval_batch_size, train_split=d.train_split,
+                               val_split=d.val_split, test_split=d.test_split, predict_split=d.predict_split,
+                               prompt=d.vqa_prompt, max_answer_tokens=d.max_answer_tokens,
+                               max_eval_questions=d.max_eval_questions, **common)
     if d.name == "webdata":
         from mammut_pl.data.coco import CocoCaptionsDataModule
         from mammut_pl.data.webdata import WebDataModule
@@ -106,8 +113,9 @@ def callbacks(cfg: Config, run_dir: Path, has_val: bool) -> list[Callback]:
     cbs: list[Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True, save_top_k=0,
                         every_n_train_steps=cfg.checkpoint_every_n_steps or None, auto_insert_metric_name=False),
-        LearningRateMonitor(logging_interval="step"),
     ]
+    if cfg.mlflow.enabled:  # the LR monitor needs a logger
+        cbs.append(LearningRateMonitor(logging_interval="step"))
     if has_val and cfg.task in MONITOR:
         key, mode = MONITOR[cfg.task]
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=key, mode=mode, save_top_k=1,

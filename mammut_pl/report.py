@@ -36,6 +36,8 @@ def print_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, flo
             if images:
                 chance = 100.0 / len(images)
                 print(f"  ({len(images)} test images; chance R@1 for text -> image = {chance:.1f})")
+    if "test/vqa_accuracy" in metrics:
+        print_vqa(task, datamodule, metrics, cfg.eval.num_examples)
     if cfg.task == "pretrain" and cfg.loss.caption_weight > 0:
         print("\ngenerated captions (greedy) vs references:")
         for generated, refs in example_captions(task, datamodule, cfg.eval.num_examples, cfg.eval.max_new_tokens):
@@ -45,6 +47,25 @@ def print_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, flo
         print(f"MLflow run {logger.run_id} in {tracking_uri(cfg)}")
         print(f"  open the UI: `make mlflow-ui`, then {logger.run_id and run_url_of(logger)}")
     print(line)
+
+
+def print_vqa(task: Any, datamodule: Any, metrics: dict[str, float], n: int) -> None:
+    """VQA accuracy overall / per answer type next to the majority-answer baseline, and examples."""
+    acc = metrics["test/vqa_accuracy"]
+    types = "  ".join(f"{t} {metrics[f'test/vqa_accuracy/{t}']:.1f}" for t in ("yes/no", "number", "other")
+                      if f"test/vqa_accuracy/{t}" in metrics)
+    print(f"VQA accuracy ({datamodule.test_split}): {acc:.2f}   [{types}]")
+    if "test/majority_baseline" in metrics:
+        print(f"  majority-answer baseline ({datamodule.majority_answer()!r} for every question): "
+              f"{metrics['test/majority_baseline']:.2f}")
+    batch = next(iter(datamodule.test_dataloader()))
+    task.model.eval()
+    with torch.no_grad():
+        answers = task.answer(batch["images"][:n].to(task.device), batch["prompt_tokens"][:n].to(task.device))
+    print("\nquestions, generated answers and the annotators' most common answer:")
+    for q, a, refs in zip(batch["questions"], answers, batch["answers"]):
+        common = max(set(refs), key=refs.count) if refs else "?"
+        print(f"  {q!r:48} -> {a!r:12} (annotators: {common!r})")
 
 
 def run_url_of(logger: Any) -> str:

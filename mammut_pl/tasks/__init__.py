@@ -1,7 +1,8 @@
 """LightningModules, one per task; they share the model and differ in steps, losses, metrics."""
 
 from mammut_pl.tasks.pretrain import PretrainTask
+from mammut_pl.tasks.vqa import VQATask
 
-TASKS = {"pretrain": PretrainTask}
+TASKS = {"pretrain": PretrainTask, "vqa": VQATask}
 
-__all__ = ["TASKS", "PretrainTask"]
+__all__ = ["TASKS", "PretrainTask", "VQATask"]

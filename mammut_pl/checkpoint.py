@@ -1,0 +1,88 @@
+"""Load a trained task back from a checkpoint (for evaluate / predict / fine-tuning).
+
+A suite checkpoint (`outputs/EXP/RUN/checkpoints/*.ckpt`) holds the resolved config
+(`hyper_parameters.cfg`) and the weights. It is read with `weights_only=True`: a
+file from elsewhere cannot run code. `key=value` overrides are applied on top of
+the stored config (e.g. `data.root=/data/coco` to evaluate on other data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mammut_pl import config as config_lib
+from mammut_pl.config import Config, ConfigError
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or holds arbitrary objects
+        raise ValueError(f"{p}: cannot be read as a weights-only checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise ValueError(f"{p}: not a mammut_pl checkpoint (no 'state_dict')")
+    return obj
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: str | Path, overrides: list[str] | None = None) -> Config:
+    """The stored config with `key=value` overrides applied and validated."""
+    stored = ckpt.get("hyper_parameters", {}).get("cfg")
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path}: holds no mammut_pl config (hyper_parameters.cfg); "
+                         "for plain weights use `fit ... model.init_from=PATH` instead")
+    cfg = config_lib.from_dict(stored)
+    if overrides:
+        base = OmegaConf.structured(cfg)
+        try:
+            merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+        except OmegaConfBaseException as err:  # names the key, and the closest valid one
+            raise config_lib._friendly(err, base, "command line") from None
+        except Exception as err:  # noqa: BLE001 - unparsable dotlist
+            raise ConfigError(f"bad override for the checkpoint's config: {str(err).splitlines()[0]}") from None
+        cfg = config_lib.from_dict(OmegaConf.to_container(merged))
+    return cfg
+
+
+def load_task(path: str | Path, overrides: list[str] | None = None, task: str | None = None):
+    """(config, LightningModule with the checkpoint's weights, tokenizer), in eval mode.
+
+    `task` builds another task around the same weights (e.g. a pretraining
+    checkpoint evaluated for retrieval with `task="pretrain"`)."""
+    ckpt = read_checkpoint(path)
+    cfg = checkpoint_config(ckpt, path, overrides)
+    if task:
+        cfg.task = task
+    module, tokenizer = task_with_weights(cfg, ckpt, path)
+    return cfg, module, tokenizer
+
+
+def task_with_weights(cfg: Config, ckpt: dict[str, Any], path: str | Path):
+    """(LightningModule for `cfg` holding the checkpoint's model weights, tokenizer), in eval mode."""
+    from mammut_pl.fit import build_task, build_tokenizer_for
+
+    cfg.model.init_from = ""  # the weights come from this checkpoint
+    cfg.model.compile = False
+    tokenizer = build_tokenizer_for(cfg)
+    module = build_task(cfg, tokenizer)
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    own = module.model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{path}: {len(wrong)} tensors do not fit the configured model, e.g. {wrong[0]} "
+                         "(another architecture or tokenizer than the checkpoint's?)")
+    missing, _ = module.model.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"{path}: the checkpoint lacks {len(missing)} model tensors, e.g. {missing[:3]} "
+                         "(was it trained with another architecture?)")
+    module.eval()
+    return module, tokenizer
