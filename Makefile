@@ -6,7 +6,7 @@ MLFLOW_HOST ?= 127.0.0.1
 DEMO_DIR ?= data/demo
 ARGS ?=
 
-.PHONY: help setup data demo test test-fast mlflow-ui clean
+.PHONY: help setup data demo test test-fast mlflow-ui bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -25,6 +25,13 @@ test: setup ## set up, then run the whole test suite (what CI runs)
 
 test-fast: setup ## unit tests only (skip the end-to-end ones)
 	@$(PY) -m pytest -q -m "not e2e"
+
+bench: setup .venv/.bench-stamp ## time mammut_pl vs CoCa/CLIP/lucidrains side by side (installs the bench extras; ARGS=--quick or --smoke)
+	@$(PY) -m mammut_pl.bench $(ARGS)
+
+.venv/.bench-stamp: pyproject.toml constraints.txt
+	@$(PY) -m pip install -q -c constraints.txt -e ".[bench]"
+	@touch $@
 
 mlflow-ui: setup ## serve the MLflow UI for ./mlflow.db on http://$(MLFLOW_HOST):$(MLFLOW_PORT)
 	@echo "MLflow UI on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (Ctrl-C to stop)"

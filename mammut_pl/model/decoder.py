@@ -7,6 +7,10 @@ caption_pass: causal self-attention + cross-attention to the image tokens in
 
 The two passes differ only in the self-attention mask and the cross-attention
 switch; the weights are the same.
+
+Padding costs nothing in training: with a `Packing`, the per-token work
+(projections, MLPs, norms: most of the FLOPs) runs on the real tokens only, as
+an (N, W) matrix, and only attention sees the padded (B, T) layout.
 """
 
 from __future__ import annotations
@@ -28,6 +32,47 @@ def _split_heads(x: Tensor, heads: int) -> Tensor:
 def _merge_heads(x: Tensor) -> Tensor:
     B, h, T, hd = x.shape
     return x.transpose(1, 2).reshape(B, T, h * hd)  # (B, T, W)
+
+
+class Packing:
+    """The real tokens of a right-padded (B, T) batch, packed into (N, ...) rows.
+
+    A position is real up to its row's last non-padding token (CLIP's pad id 0 is
+    also the token "!", so an inner 0 stays in the sequence: the attention mask
+    and the loss treat it as before). Per-token layers run on the packed rows;
+    attention unpacks them to (B, T, ...), with zeros at padding that the masks
+    and the causal order keep away from the real tokens.
+
+    Building one calls nonzero(): a host-device sync, once per step, on GPU.
+    """
+
+    def __init__(self, tokens: Tensor, pad_id: int) -> None:
+        B, T = tokens.shape
+        nonpad = tokens != pad_id
+        # real = at or before the last non-padding token of the row
+        real = nonpad.flip(1).cummax(1).values.flip(1).flatten()  # (B*T,)
+        self.batch, self.length = B, T
+        self.index = real.nonzero().squeeze(1)  # (N,) flat positions b * T + t
+        self.row = real.cumsum(0) - 1  # flat position -> packed row (valid where real)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, T, ...) -> (N, ...)."""
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (B, T, ...), zeros at padding."""
+        out = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
+        return out.view(self.batch, self.length, *x.shape[1:])
+
+
+def caption_targets(tokens: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Teacher forcing: flat positions b * T + t whose next token is a real token
+    (padding targets are skipped, as in CaptionLoss), and those next tokens."""
+    B, T = tokens.shape
+    keep = torch.zeros_like(tokens, dtype=torch.bool)
+    keep[:, :-1] = tokens[:, 1:] != pad_id
+    positions = keep.flatten().nonzero().squeeze(1)  # (M,)
+    return positions, tokens.flatten()[positions + 1]
 
 
 @dataclass
@@ -53,9 +98,12 @@ class SelfAttention(nn.Module):
         is_causal: bool = False,
         cache: LayerCache | None = None,
         cache_pos: int = 0,  # where x's keys/values go in the cache
+        packing: Packing | None = None,  # x is (N, W) packed real tokens
     ) -> Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))  # (B, h, T, hd)
+        qkv = self.qkv(x)
+        if packing is not None:
+            qkv = packing.unpack(qkv)  # (B, T, 3W)
+        q, k, v = (_split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))  # (B, h, T, hd)
         if cache is not None:
             T = x.shape[1]
             cache.k[:, :, cache_pos : cache_pos + T] = k
@@ -66,7 +114,8 @@ class SelfAttention(nn.Module):
             q, k, v, attn_mask=attn_mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.proj(_merge_heads(y))
+        y = _merge_heads(y)
+        return self.proj(y if packing is None else packing.pack(y))
 
 
 class CrossAttention(nn.Module):
@@ -85,12 +134,14 @@ class CrossAttention(nn.Module):
         k, v = self.kv(image_tokens).chunk(2, dim=-1)
         return _split_heads(k, self.heads), _split_heads(v, self.heads)
 
-    def forward(self, x: Tensor, memory: tuple[Tensor, Tensor]) -> Tensor:
-        q = _split_heads(self.q(x), self.heads)
+    def forward(self, x: Tensor, memory: tuple[Tensor, Tensor], packing: Packing | None = None) -> Tensor:
+        q = self.q(x)
+        q = _split_heads(q if packing is None else packing.unpack(q), self.heads)
         y = F.scaled_dot_product_attention(
             q, *memory, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.proj(_merge_heads(y))
+        y = _merge_heads(y)
+        return self.proj(y if packing is None else packing.pack(y))
 
 
 class MLP(nn.Module):
@@ -181,8 +232,11 @@ class TextDecoder(nn.Module):
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x, attn_mask=attn_mask, memory=None)
-        x = self.ln_contrastive(x)
-        weights = real.unsqueeze(-1).to(x.dtype)  # masked mean over real tokens
+        return self.pool(self.ln_contrastive(x), real)
+
+    def pool(self, x: Tensor, real: Tensor) -> Tensor:
+        """Masked mean over the real tokens, projected: (B, T, W) -> (B, D)."""
+        weights = real.unsqueeze(-1).to(x.dtype)
         pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return self.text_proj(pooled)
 
@@ -197,6 +251,47 @@ class TextDecoder(nn.Module):
         for layer, mem in zip(self.layers, memory):
             x = layer(x, is_causal=True, memory=mem)
         return self.ln_caption(x)
+
+    # --- both passes at once, padding skipped (training) -----------------------------
+    def packed_passes(
+        self, tokens: Tensor, memory: list[tuple[Tensor, Tensor] | None] | None, contrastive: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None, Packing]:
+        """The same two passes, computed together on the real tokens only.
+
+        The passes share weights, so their tokens are stacked into ONE set of rows:
+        N real tokens for the contrastive pass, then the same N for the caption pass
+        (memory=None: no caption pass). Projections and MLPs run once on (2N, W)
+        (bigger matrix products, half the kernel launches); self-attention unpacks
+        the rows to (2B, T) with each pass's mask; only the caption rows
+        cross-attend. One embedding lookup feeds both.
+
+        Returns the text embedding (B, D) or None, the caption hidden states of the
+        real tokens (N, W) or None, and the Packing of one copy of `tokens`.
+        """
+        B, T = tokens.shape
+        real = tokens != self.config.pad_id
+        passes = int(contrastive) + int(memory is not None)
+        one = Packing(tokens, self.config.pad_id)
+        rows = Packing(tokens.repeat(passes, 1), self.config.pad_id) if passes > 1 else one
+        N = one.index.numel()
+        masks = []
+        if contrastive:  # bidirectional over the real keys
+            masks.append(real[:, None, None, :].expand(B, 1, T, T))
+        if memory is not None:  # causal
+            masks.append(torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril().expand(B, 1, T, T))
+        attn_mask = torch.cat(masks)  # (passes * B, 1, T, T)
+        x = one.pack(self.embed(tokens)).repeat(passes, 1)  # (passes * N, W)
+        first_caption_row = N if contrastive else 0
+        for i, layer in enumerate(self.layers):  # = DecoderLayer.forward, on the stacked rows
+            x = x + layer.self_attn(layer.ln_self(x), attn_mask, packing=rows)
+            if memory is not None and memory[i] is not None:
+                h = x[first_caption_row:]
+                h = h + layer.cross_attn(layer.ln_cross(h), memory[i], packing=one)
+                x = torch.cat([x[:first_caption_row], h]) if contrastive else h
+            x = x + layer.mlp(layer.ln_mlp(x))
+        text = self.pool(self.ln_contrastive(one.unpack(x[:N])), real) if contrastive else None
+        hidden = self.ln_caption(x[first_caption_row:]) if memory is not None else None
+        return text, hidden, one
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., W) -> (..., V), with the output projection tied to the token embedding."""

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mammut_pl.model.config import MaMMUTConfig
-from mammut_pl.model.decoder import LayerCache, TextDecoder
+from mammut_pl.model.decoder import LayerCache, TextDecoder, caption_targets
 from mammut_pl.model.encoder import ImageEncoder
 
 
@@ -57,21 +57,40 @@ class MaMMUT(nn.Module):
         return self.logit_scale.clamp(max=self.config.max_logit_scale).exp(), self.logit_bias
 
     def forward(
-        self, images: Tensor, tokens: Tensor, contrastive: bool = True, generative: bool = True
+        self, images: Tensor, tokens: Tensor, contrastive: bool = True, generative: bool = True,
+        packed: bool = False,
     ) -> dict[str, Tensor | None]:
         """One training step's forward: the image once, the decoder twice (same weights).
 
         A pass that is switched off (its loss weight is 0) is skipped entirely and
         its outputs are None.
+
+        packed=True skips the padding (what training uses): both passes run together
+        on the real tokens only (TextDecoder.packed_passes), and the vocabulary
+        projection runs only at the M positions whose next token is a real one.
+        `caption_logits` is then (M, V) and `caption_targets` (M,) holds those next
+        tokens, so F.cross_entropy(caption_logits, caption_targets) equals
+        CaptionLoss on the full (B, T, V) logits. Otherwise `caption_logits` is
+        (B, T, V) and `caption_targets` None.
         """
         image_tokens = self.image_tokens(images)  # (B, S, C)
         scale, bias = self.scales()
         out: dict[str, Tensor | None] = {
-            "image_embed": None, "text_embed": None, "caption_logits": None,
+            "image_embed": None, "text_embed": None, "caption_logits": None, "caption_targets": None,
             "logit_scale": scale, "logit_bias": bias,
         }
         if contrastive:
             out["image_embed"] = self.image_embedding(image_tokens)  # (B, D)
+        if packed and (contrastive or generative):
+            memory = self.cross_attn_memory(image_tokens) if generative else None
+            text_embed, hidden, packing = self.text.packed_passes(tokens, memory, contrastive)
+            if contrastive:
+                out["text_embed"] = F.normalize(text_embed, dim=-1)
+            if generative:
+                positions, out["caption_targets"] = caption_targets(tokens, self.config.pad_id)
+                out["caption_logits"] = self.text.logits(hidden.index_select(0, packing.row[positions]))  # (M, V)
+            return out
+        if contrastive:
             out["text_embed"] = self.encode_text(tokens)  # (B, D)
         if generative:
             out["caption_logits"] = self.caption_logits(image_tokens, tokens)  # (B, T, V)

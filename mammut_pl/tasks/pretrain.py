@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from mammut_pl.losses import CaptionLoss, build_contrastive_loss
@@ -24,8 +25,9 @@ class PretrainTask(MaMMUTTask):
 
     def losses(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
         w_con, w_cap = self.cfg.loss.contrastive_weight, self.cfg.loss.caption_weight
-        # a pass whose weight is 0 is not run at all (CLIP / captioner baselines)
-        out = self.model(images, tokens, contrastive=w_con > 0, generative=w_cap > 0)
+        # a pass whose weight is 0 is not run at all (CLIP / captioner baselines);
+        # packed: padding is skipped, logits only where the next token is real (see MaMMUT.forward)
+        out = self.model(images, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True)
         losses: dict[str, Tensor] = {}
         total = 0.0
         if w_con > 0:
@@ -33,7 +35,10 @@ class PretrainTask(MaMMUTTask):
                 out["image_embed"], out["text_embed"], out["logit_scale"], out["logit_bias"])
             total = total + w_con * losses["contrastive_loss"]
         if w_cap > 0:
-            losses["caption_loss"] = self.caption_loss(out["caption_logits"], tokens)
+            # = self.caption_loss on the full (B, T, V) logits
+            losses["caption_loss"] = F.cross_entropy(
+                out["caption_logits"].float(), out["caption_targets"],
+                label_smoothing=self.caption_loss.label_smoothing)
             total = total + w_cap * losses["caption_loss"]
         losses["loss"] = total
         losses["logit_scale"] = out["logit_scale"].detach()

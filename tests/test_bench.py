@@ -1,0 +1,130 @@
+"""`python -m mammut_pl.bench --smoke` runs every section on tiny models and writes
+well-formed results. No timing is asserted: benchmarks, not timed tests."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mammut_pl import bench
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, "-m", "mammut_pl.bench", "--smoke", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "latest.json").read_text()), proc.stdout
+
+
+def positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def check_times(t):
+    assert t["n"] == len(t["values"]) >= 1
+    assert all(positive(v) for v in t["values"])
+    assert t["min"] <= t["q1"] <= t["median"] <= t["q3"] <= t["max"]
+
+
+def test_writes_the_three_files(smoke):
+    out, res, stdout = smoke
+    dated = [p for p in out.glob("*.json") if p.name != "latest.json"]
+    assert len(dated) == 1 and json.loads(dated[0].read_text()) == res
+    md = (out / "latest.md").read_text()
+    assert md in stdout  # the table is printed too
+    assert "| model | params | s/step |" in md and "mammut_pl / CoCa" in md
+    assert res["machine"]["cpu"] in md and res["machine"]["versions"]["torch"] in md
+
+
+def test_machine_and_plan(smoke):
+    _, res, _ = smoke
+    m = res["machine"]
+    assert m["cores"] >= 1 and m["torch_threads"] >= 1 and m["cpu"]
+    for pkg in ("torch", "timm", "open_clip"):
+        assert m["versions"][pkg]
+    # the bench extra is optional (CI installs only .[dev]): installed, or its contender skipped
+    assert bool(m["versions"]["mammut_pytorch"]) != ("lucidrains" in res["train"]["skipped"])
+    assert res["mode"] == "smoke" and res["plan"]["mode"] == "smoke"
+    assert set(bench.SECTIONS) <= set(res)
+    assert not any("error" in res[s] for s in bench.SECTIONS)
+
+
+def test_training_rows_and_ratios_are_consistent(smoke):
+    _, res, _ = smoke
+    tr = res["train"]
+    assert set(tr["skipped"]) <= {"lucidrains"}
+    assert set(tr["rows"]) == {"mammut_pl", "mammut_pl_padded", "coca", "clip", "lucidrains"} - set(tr["skipped"])
+    B = tr["batch_size"]
+    assert tr["tokens_shape"][0] == B and tr["tokens_shape"][1] <= 76
+    for row in tr["rows"].values():
+        check_times(row["step_s"])
+        assert row["step_s"]["n"] == tr["rounds"]
+        assert math.isclose(row["images_per_s"], B / row["step_s"]["median"], rel_tol=1e-9)
+        assert positive(row["params_m"]) and positive(row["state_mb"])
+        if row["step_peak_mb"] is not None:
+            assert row["step_peak_mb"] >= 0
+            assert math.isclose(row["total_mb"], row["state_mb"] + row["step_peak_mb"], rel_tol=1e-9)
+    med = {k: r["step_s"]["median"] for k, r in tr["rows"].items()}
+    r = tr["ratios"]
+    assert math.isclose(r["mammut_pl/coca"], med["mammut_pl"] / med["coca"], rel_tol=1e-9)
+    if "lucidrains" in tr["skipped"]:
+        assert r["mammut_pl/lucidrains"] is None
+    else:
+        assert math.isclose(r["mammut_pl/lucidrains"], med["mammut_pl"] / med["lucidrains"], rel_tol=1e-9)
+    assert math.isclose(r["mammut_pl/clip"], med["mammut_pl"] / med["clip"], rel_tol=1e-9)
+
+
+def test_overhead_generation_retrieval_data(smoke):
+    _, res, _ = smoke
+    ov = res["overhead"]
+    full, con = ov["rows"]["full"]["step_s"], ov["rows"]["contrastive_only"]["step_s"]
+    check_times(full), check_times(con)
+    assert math.isclose(ov["ratios"]["full/contrastive"], full["median"] / con["median"], rel_tol=1e-9)
+
+    ge = res["generate"]
+    assert ge["identical_tokens"] is True
+    assert ge["tokens_shape"] == [ge["batch_size"], ge["new_tokens"]] and ge["new_tokens"] == 30
+    for row in ge["rows"].values():
+        check_times(row["time_s"])
+        assert math.isclose(row["tokens_per_s"], ge["batch_size"] * ge["new_tokens"] / row["time_s"]["median"], rel_tol=1e-9)
+    assert math.isclose(ge["speedup"], ge["rows"]["cache"]["tokens_per_s"] / ge["rows"]["no_cache"]["tokens_per_s"],
+                        rel_tol=1e-9)
+
+    rt = res["retrieval"]
+    assert rt["n_texts"] == 5 * rt["n_images"]
+    check_times(rt["time_s"])
+    assert rt["peak_extra_mb"] is None or rt["peak_extra_mb"] >= 0
+
+    for row in res["data"]["rows"].values():
+        assert row["images"] >= res["plan"]["data_images"] and positive(row["images_per_s"])
+
+
+def test_summary_and_cli_validation():
+    s = bench.summary([3.0, 1.0, 2.0])
+    assert (s["median"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 3.0, 3)
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "train,nonsense"])
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--smoke"])
+
+
+def test_a_missing_extra_skips_its_contender_with_the_reason(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mammut_pytorch", None)  # import raises ModuleNotFoundError
+    skipped = {}
+    assert bench.optional(bench.build_lucidrains, "tiny", skipped) == []
+    assert list(skipped) == ["lucidrains"] and "mammut_pytorch not installed" in skipped["lucidrains"]
+    res = {"machine": {"cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "versions": {
+        "torch": "t", "timm": "t", "open_clip": "o", "mammut_pytorch": None}}, "mode": "smoke", "date": "d",
+        "train": {"precision": "fp32", "batch_size": 1, "tokens_shape": [1, 5], "rounds": 1, "warmup_rounds": 1,
+                  "rows": {}, "skipped": skipped, "ratios": {k: None for k in (
+                      "mammut_pl/coca", "mammut_pl/lucidrains", "mammut_pl/clip", "mammut_pl/mammut_pl_padded")}}}
+    md = bench.markdown(res)
+    assert "| lucidrains | skipped: mammut_pytorch not installed" in md
+    assert "| step time mammut_pl / lucidrains MaMMUT (CPU) | n/a |" in md
