@@ -172,7 +172,7 @@ def test_caption_scores_equal_direct_pycocoevalcap_calls() -> None:
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
     got = caption_scores(preds, refs)
-    assert got == {"BLEU-1": bleu[0], "BLEU-4": bleu[3], "CIDEr": cider}
+    assert got == {"BLEU-1": bleu[0], "BLEU-2": bleu[1], "BLEU-3": bleu[2], "BLEU-4": bleu[3], "CIDEr": cider}
     assert 0 < got["BLEU-4"] < got["BLEU-1"] < 1 and got["CIDEr"] > 0  # informative
 
 
@@ -248,7 +248,7 @@ def test_caption_metrics_accumulates_dedupes_and_resets() -> None:
         batch = order[start : start + 6]
         metric.update(torch.tensor(batch), [preds[i] for i in batch], [refs[i] for i in batch])
     got = metric.compute()
-    assert set(got) == {"BLEU-1", "BLEU-4", "CIDEr", "distinct_fraction"}
+    assert set(got) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr", "distinct_fraction"}
     for key in want:
         assert got[key].item() == pytest.approx(want[key], rel=1e-12), key
     assert got["distinct_fraction"].item() == pytest.approx(distinct_caption_fraction(list(preds.values())))

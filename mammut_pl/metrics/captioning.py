@@ -401,7 +401,7 @@ def ptb_tokenize(captions: Mapping[Hashable, Sequence[str | Mapping[str, str]]])
 def caption_scores(
     predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
 ) -> dict[str, float]:
-    """COCO caption scores: ``{"BLEU-1", "BLEU-4", "CIDEr"}``.
+    """COCO caption scores: ``{"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr"}``.
 
     Both sides are tokenised with :func:`ptb_tokenize`, then scored by pycocoevalcap's
     ``Bleu(4)`` (corpus-level, "closest" reference length) and ``Cider`` (which is
@@ -421,7 +421,8 @@ def caption_scores(
     res = ptb_tokenize({key: [predictions[key]] for key in references})
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
-    return {"BLEU-1": float(bleu[0]), "BLEU-4": float(bleu[3]), "CIDEr": float(cider)}
+    scores = {f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)}  # Bleu(4) computes all four anyway
+    return {**scores, "CIDEr": float(cider)}
 
 
 def _normalise_caption(caption: str) -> str:
@@ -440,7 +441,7 @@ def distinct_caption_fraction(captions: Sequence[str]) -> float:
 
 
 class CaptionMetrics(torchmetrics.Metric):
-    """BLEU-1/4, CIDEr and distinct-caption fraction over an evaluation epoch.
+    """BLEU-1..4, CIDEr and distinct-caption fraction over an evaluation epoch.
 
     Captions are strings, which torchmetrics states cannot hold, so they are kept in
     plain Python lists on each process. ``compute`` gathers them with
@@ -489,13 +490,19 @@ class CaptionMetrics(torchmetrics.Metric):
         dist.all_gather_object(parts, local, group=self.process_group)
         return [item for part in parts for item in part]
 
-    def compute(self) -> dict[str, Tensor]:
+    def results(self) -> tuple[dict[Hashable, str], dict[Hashable, list[str]]]:
+        """(predictions, references) by id over all processes, first occurrence kept;
+        e.g. for the results JSON. Collective under DDP, like ``compute``."""
         predictions: dict[Hashable, str] = {}
         references: dict[Hashable, list[str]] = {}
         for key, pred, refs in self._gathered():
             if key not in predictions:
                 predictions[key] = pred
                 references[key] = refs
+        return predictions, references
+
+    def compute(self) -> dict[str, Tensor]:
+        predictions, references = self.results()
         if not predictions:
             raise ValueError("CaptionMetrics.compute() called without any update")
         scores = caption_scores(predictions, references)
