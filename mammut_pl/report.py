@@ -38,6 +38,14 @@ def print_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, flo
                 print(f"  ({len(images)} test images; chance R@1 for text -> image = {chance:.1f})")
     if "test/vqa_accuracy" in metrics:
         print_vqa(task, datamodule, metrics, cfg.eval.num_examples)
+    if cfg.task == "captioning" and "test/CIDEr" in metrics:
+        results = getattr(task, "results", [])
+        print(caption_scores_line(cfg, metrics, "test", len(results)))
+        print(f"\ngenerated captions ({decoding(cfg)}) vs references:")
+        for r in results[: cfg.eval.num_examples]:
+            print(f"  generated: {r['caption']!r}\n  reference: {r['references'][0]!r}")
+        if getattr(task, "results_path", None):
+            print(f"results JSON: {task.results_path}")
     if cfg.task == "pretrain" and cfg.loss.caption_weight > 0:
         print("\ngenerated captions (greedy) vs references:")
         for generated, refs in example_captions(task, datamodule, cfg.eval.num_examples, cfg.eval.max_new_tokens):
@@ -66,6 +74,17 @@ def print_vqa(task: Any, datamodule: Any, metrics: dict[str, float], n: int) -> 
     for q, a, refs in zip(batch["questions"], answers, batch["answers"]):
         common = max(set(refs), key=refs.count) if refs else "?"
         print(f"  {q!r:48} -> {a!r:12} (annotators: {common!r})")
+
+
+def decoding(cfg: Config) -> str:
+    return "greedy" if cfg.eval.num_beams == 1 else f"beam search, {cfg.eval.num_beams} beams"
+
+
+def caption_scores_line(cfg: Config, metrics: dict[str, float], stage: str, n_images: int) -> str:
+    """BLEU-4 / CIDEr (x100, as papers report them) and the distinct-caption guard."""
+    m = {k: metrics.get(f"{stage}/{k}", float("nan")) for k in ("BLEU4", "CIDEr", "distinct_captions")}
+    return (f"captioning ({decoding(cfg)}) on {n_images} {stage} images: BLEU-4 {100 * m['BLEU4']:.1f}  "
+            f"CIDEr {100 * m['CIDEr']:.1f}  (x100)  distinct captions {100 * m['distinct_captions']:.0f}%")
 
 
 def run_url_of(logger: Any) -> str:

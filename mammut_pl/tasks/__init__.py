@@ -1,8 +1,9 @@
 """LightningModules, one per task; they share the model and differ in steps, losses, metrics."""
 
+from mammut_pl.tasks.captioning import CaptioningTask
 from mammut_pl.tasks.pretrain import PretrainTask
 from mammut_pl.tasks.vqa import VQATask
 
-TASKS = {"pretrain": PretrainTask, "vqa": VQATask}
+TASKS = {"pretrain": PretrainTask, "captioning": CaptioningTask, "vqa": VQATask}
 
-__all__ = ["TASKS", "PretrainTask", "VQATask"]
+__all__ = ["TASKS", "CaptioningTask", "PretrainTask", "VQATask"]

@@ -3,6 +3,7 @@ and the non-finite-loss guard. Tasks differ in their steps, losses and metrics."
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -121,3 +122,17 @@ class MaMMUTTask(L.LightningModule):
     def decode(self, tokens: Tensor) -> list[str]:
         assert self.tokenizer is not None, "a tokenizer is needed to decode"
         return [self.tokenizer.decode(row.tolist()) for row in tokens]
+
+
+def write_results_json(rows: list[dict[str, Any]], path: str | Path, id_key: str) -> Path:
+    """An evaluation server's results JSON (a list of objects), sorted by `id_key`; one
+    row per id, written atomically so that a crash never leaves half a file."""
+    path = Path(path)
+    ids = [r[id_key] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: {len(ids) - len(set(ids))} duplicate {id_key}s in the results")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(sorted(rows, key=lambda r: r[id_key])))
+    tmp.replace(path)
+    return path
