@@ -5,8 +5,9 @@ MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
 DEMO_DIR ?= data/demo
 ARGS ?=
+CKPT ?= $(lastword $(sort $(wildcard outputs/demo/*/checkpoints/last.ckpt)))
 
-.PHONY: help setup data demo test test-fast mlflow-ui bench clean
+.PHONY: help setup data demo evaluate test test-fast mlflow-ui bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,6 +20,9 @@ data: setup ## write the embedded demo data (all five datasets' real formats) to
 
 demo: data ## set up, then pretrain a small MaMMUT on CPU (a few minutes), print retrieval + captions
 	@$(PY) -m mammut_pl.fit experiment=demo data.root=$(DEMO_DIR)/webdata data.val_root=$(DEMO_DIR)/coco data.tokenizer=$(DEMO_DIR)/tokenizer.json $(ARGS)
+
+evaluate: setup ## zero-shot retrieval R@1/5/10 of CKPT (default: the latest `make demo` run) on its COCO test split
+	@$(PY) -m mammut_pl.evaluate task=retrieval ckpt=$(CKPT) $(ARGS)
 
 test: setup ## set up, then run the whole test suite (what CI runs)
 	@$(PY) -m pytest -q
