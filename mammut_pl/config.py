@@ -96,6 +96,8 @@ class MLflowConfig:
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the project
     experiment_name: str = "mammut_pl"
     run_name: str = ""  # "" = experiment name + time
+    parent_run_id: str = ""  # nest this run under another (sweeps: the trial's run)
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags on the run
 
 
 @dataclass

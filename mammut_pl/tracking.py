@@ -35,7 +35,8 @@ def make_logger(cfg: Config, run_dir: Path, run_name: str) -> MLFlowLogger | Non
         tracking_uri=tracking_uri(cfg),
         run_id=run_id,
         tags={"experiment": cfg.experiment or "default", "task": cfg.task, "git_commit": git_commit(),
-              "run_dir": str(run_dir.resolve())},
+              "run_dir": str(run_dir.resolve()), **cfg.mlflow.tags,
+              **({"mlflow.parentRunId": cfg.mlflow.parent_run_id} if cfg.mlflow.parent_run_id else {})},
     )
     return logger
 
