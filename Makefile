@@ -5,12 +5,13 @@ MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
 DEMO_DIR ?= data/demo
 ARGS ?=
+SWEEP_ARGS ?=
 CKPT ?= $(lastword $(sort $(wildcard outputs/demo/*/checkpoints/last.ckpt)))
 
-.PHONY: help setup data demo evaluate test test-fast mlflow-ui bench clean
+.PHONY: help setup data demo evaluate test test-fast mlflow-ui bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
 
 setup: ## create .venv (torch 2.13.0 CPU first, the rest under constraints.txt); idempotent
 	@bash scripts/setup_venv.sh
@@ -23,6 +24,18 @@ demo: data ## set up, then pretrain a small MaMMUT on CPU (a few minutes), print
 
 evaluate: setup ## zero-shot retrieval R@1/5/10 of CKPT (default: the latest `make demo` run) on its COCO test split
 	@$(PY) -m mammut_pl.evaluate task=retrieval ckpt=$(CKPT) $(ARGS)
+
+sweep-xattn: data ## ablation: cross-attention layers M of N (retrieval + VQA per trial; ~15 min CPU); SWEEP_ARGS=...
+	@$(PY) -m mammut_pl.sweep sweep=xattn $(SWEEP_ARGS)
+
+sweep-loss: data ## ablation: contrastive:captioning loss weights (~12 min CPU); SWEEP_ARGS=...
+	@$(PY) -m mammut_pl.sweep sweep=loss_weight $(SWEEP_ARGS)
+
+sweep-encoder: data ## ablation: image encoder size (~12 min CPU); SWEEP_ARGS=...
+	@$(PY) -m mammut_pl.sweep sweep=encoder_size $(SWEEP_ARGS)
+
+sweep-cross-task: data ## ablation: contrastive only / captioning only / both (~12 min CPU); SWEEP_ARGS=...
+	@$(PY) -m mammut_pl.sweep sweep=cross_task $(SWEEP_ARGS)
 
 test: setup ## set up, then run the whole test suite (what CI runs)
 	@$(PY) -m pytest -q
