@@ -18,8 +18,10 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from mammut_pl import config as config_lib
 from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.tokenizer import Tokenizer, build_tokenizer
+from mammut_pl.resume import AtomicCheckpointIO, ResumeState, check_resume_checkpoint, remove_stale_temporaries
 from mammut_pl.tasks import TASKS
-from mammut_pl.tracking import log_run_start, make_logger
+from mammut_pl.tasks.base import NonFiniteLossError
+from mammut_pl.tracking import check_tracking_server, log_run_start, make_logger
 
 log = logging.getLogger("mammut_pl")
 
@@ -57,7 +59,7 @@ def build_datamodule(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule
 
         return CocoCaptionsDataModule(d.root, eval_batch_size=d.eval_batch_size, karpathy_file=d.karpathy_file,
                                       val_split=d.val_split, test_split=d.test_split,
-                                      max_eval_images=d.max_eval_images, **common)
+                                      max_eval_images=d.max_eval_images, seed=cfg.seed, **common)
     if d.name == "vqav2":
         from mammut_pl.data.vqav2 import VQAv2DataModule
 
@@ -130,23 +132,29 @@ MONITOR = {"pretrain": ("val/mean_R", "max"), "captioning": ("val/CIDEr", "max")
 def run(cfg: Config, extra_callbacks: list[Callback] | None = None, report: bool = True) -> dict[str, float]:
     """Train (and test) one config; returns the final metrics. The sweep calls this too."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.mlflow.enabled:  # an unreachable server: one clear error in seconds, before any work
+        check_tracking_server(config_lib.tracking_uri(cfg))
     prepare_data(cfg)
     tokenizer = build_tokenizer_for(cfg)
+    run_dir, resume_from = resolve_run(cfg)
+    if resume_from:  # truncated, foreign, object-carrying or other-architecture files stop here
+        check_resume_checkpoint(resume_from, config_lib.to_dict(cfg)["model"])
+        remove_stale_temporaries(Path(resume_from).parent)
     datamodule = build_datamodule(cfg, tokenizer)
     task = build_task(cfg, tokenizer)
-    run_dir, resume_from = resolve_run(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     logger = make_logger(cfg, run_dir, run_dir.name)
     has_val = bool(getattr(datamodule, "val", True)) if cfg.data.name == "webdata" else True
     trainer = L.Trainer(
         **config_lib.trainer_kwargs(cfg), default_root_dir=str(run_dir), logger=logger if logger else False,
-        callbacks=callbacks(cfg, run_dir, has_val) + list(extra_callbacks or []),
+        callbacks=callbacks(cfg, run_dir, has_val) + [ResumeState()] + list(extra_callbacks or []),
         limit_val_batches=None if has_val else 0,
+        plugins=[AtomicCheckpointIO()],  # atomic saves, weights-only loads
     )
     if trainer.is_global_zero:
         log_run_start(logger, cfg, run_dir, resumed=resume_from is not None)
     start = time.time()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     train_seconds = time.time() - start
     metrics: dict[str, float] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if has_val:
@@ -190,9 +198,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
+
+
+def error_message(err: BaseException) -> str:
+    """The message of an error; for one re-raised from a DataLoader worker, the original
+    exception's last line rather than the worker's whole traceback."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ def example_captions(task: Any, datamodule: Any, n: int, max_new_tokens: int, nu
                      length_penalty: float = 1.0) -> list[tuple[str, list[str]]]:
     """(generated caption, reference captions) for the first n test images."""
     loader = datamodule.test_dataloader()
-    batch = next(iter(loader))
+    batch = next(iter(loader), None)
+    if batch is None:  # no test data (e.g. data.val_root='')
+        return []
     model = task.model.eval()
     images = batch["images"][:n].to(task.device)
     with torch.no_grad():
@@ -41,6 +43,9 @@ def print_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, flo
     if cfg.task == "captioning" and "test/CIDEr" in metrics:
         results = getattr(task, "results", [])
         print(caption_scores_line(cfg, metrics, "test", len(results)))
+        if metrics.get("test/distinct_captions", 1.0) < 0.5:
+            print("  warning: most images get the same caption: the captioner ignores the image "
+                  "(train longer, or start from a pretraining checkpoint: model.init_from=...)")
         print(f"\ngenerated captions ({decoding(cfg)}) vs references:")
         for r in results[: cfg.eval.num_examples]:
             print(f"  generated: {r['caption']!r}\n  reference: {r['references'][0]!r}")

@@ -1,15 +1,24 @@
-"""MLflow: one run per training run, resumed (same run id) when training resumes."""
+"""MLflow: one run per training run, resumed (same run id) when training resumes.
+
+A tracking server that cannot be reached stops the run at start, within seconds, with
+one clear error; one that goes away mid-run does not stop training or checkpointing:
+`ResilientMLFlowLogger` drops the failing calls, counts them and reports the outage."""
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from mammut_pl.config import PROJECT_ROOT, Config, flatten, to_dict, to_yaml, tracking_uri
+from mammut_pl.config import PROJECT_ROOT, Config, ConfigError, flatten, to_dict, to_yaml, tracking_uri
 
 log = logging.getLogger(__name__)
 RUN_ID_FILE = "mlflow_run_id"
@@ -23,13 +32,87 @@ def git_commit() -> str:
         return "unknown"
 
 
+def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
+    """An http(s) tracking URI must answer within `timeout_s` (MLflow's own client would retry
+    for minutes); other stores (sqlite, files) are checked when the run is created."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()  # noqa: S310
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy, an older server without /health): reachable
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise ConfigError(f"`mlflow.tracking_uri`: no MLflow tracking server answers at {uri} within "
+                          f"{timeout_s:.0f} s ({reason}). Start it (`mlflow server --host 127.0.0.1 --port 5000`), "
+                          "fix the URI, or train without tracking: mlflow.enabled=false") from None
+    # fail fast later too: a dead server must not block each logging call for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+class ResilientMLFlowLogger(MLFlowLogger):
+    """An MLFlowLogger whose failures never stop training: a call that raises is dropped and
+    counted; the first failure is reported at once, the total when the run ends; after a
+    failure, calls are dropped without trying for `cooldown_s` seconds (a dead server would
+    otherwise slow every step down by its timeouts)."""
+
+    def __init__(self, *args: Any, cooldown_s: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cooldown_s = cooldown_s
+        self.failures = 0  # calls that raised
+        self.dropped = 0  # calls not logged (raised, or skipped during a cool-down)
+        self.first_error = ""
+        self._retry_at = 0.0
+
+    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if time.monotonic() < self._retry_at:
+            self.dropped += 1
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - tracking must never stop training
+            self.failures += 1
+            self.dropped += 1
+            self._retry_at = time.monotonic() + self.cooldown_s
+            if self.failures == 1:
+                self.first_error = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                log.error("MLflow tracking failed (%s); training and checkpointing go on, logging calls are "
+                          "dropped while it fails (retried every %.0f s)", self.first_error, self.cooldown_s)
+            return None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+        self._guard("log_metrics", super().log_metrics, metrics, step)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        self._guard("log_hyperparams", super().log_hyperparams, params)
+
+    @rank_zero_only
+    def log_artifact(self, path: str) -> None:
+        self._guard("log_artifact", lambda: self.experiment.log_artifact(self.run_id, path))
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        self._guard("after_save_checkpoint", super().after_save_checkpoint, checkpoint_callback)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        self._retry_at = 0.0  # one more try to mark the run finished
+        self._guard("finalize", super().finalize, status)
+        if self.failures:
+            log.error("MLflow tracking failed %d time(s) during this run; %d logging call(s) were dropped "
+                      "(first: %s). Training and checkpoints are complete; the MLflow run %s is missing those "
+                      "values.", self.failures, self.dropped, self.first_error, self._run_id)
+
+
 def make_logger(cfg: Config, run_dir: Path, run_name: str) -> MLFlowLogger | None:
     """An MLFlowLogger for this run dir: a new MLflow run, or the one this dir already logged to."""
     if not cfg.mlflow.enabled:
         return None
     id_file = run_dir / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else None
-    logger = MLFlowLogger(
+    logger = ResilientMLFlowLogger(
         experiment_name=cfg.mlflow.experiment_name,
         run_name=cfg.mlflow.run_name or run_name,
         tracking_uri=tracking_uri(cfg),
@@ -45,13 +128,21 @@ def log_run_start(logger: MLFlowLogger | None, cfg: Config, run_dir: Path, resum
     """Params + config artifact on the first start; on a resume the run already has them."""
     if logger is None:
         return
-    (run_dir / RUN_ID_FILE).write_text(logger.run_id)
+    try:  # creates (or reopens) the run: an unusable store stops the run here, before training
+        run_id = logger.run_id
+    except Exception as err:  # noqa: BLE001 - MLflow / SQLAlchemy / HTTP errors -> one line
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"`mlflow.tracking_uri`={tracking_uri(cfg)}: cannot start the MLflow run: {msg}") from None
+    (run_dir / RUN_ID_FILE).write_text(run_id)
     config_path = run_dir / "config.yaml"
     config_path.write_text(to_yaml(cfg))
     if not resumed:
         params: dict[str, Any] = {k: ("" if v is None else v) for k, v in flatten(to_dict(cfg)).items()}
         logger.log_hyperparams(params)
-    logger.experiment.log_artifact(logger.run_id, str(config_path))
+    if isinstance(logger, ResilientMLFlowLogger):
+        logger.log_artifact(str(config_path))
+    else:
+        logger.experiment.log_artifact(logger.run_id, str(config_path))
 
 
 def run_url(logger: MLFlowLogger) -> str:

@@ -1,19 +1,29 @@
 """COCO captions (and Flickr30k) in the Karpathy split JSON: training pairs and the
-zero-shot retrieval protocol (every image with all of its captions)."""
+zero-shot retrieval protocol (every image with all of its captions).
+
+Curated data gets errors, not skips: a broken JSON, record or field raises one ValueError
+naming the file, the record and the field; a missing or undecodable image raises naming
+the image and its record. Training order and augmentation are seeded from (seed, epoch,
+position), and the datamodule checkpoints the position of the last consumed batch, so a
+resumed run continues with exactly the batches of an uninterrupted one."""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mammut_pl.data.tokenizer import Tokenizer
-from mammut_pl.data.transforms import image_transform, load_image
+from mammut_pl.data.transforms import ImageError, image_transform, load_image
+from mammut_pl.resume import derive_seed, lightning_epoch, seeded
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +32,7 @@ class CaptionedImage:
     path: str
     captions: list[str]
     split: str
+    source: str = ""  # "FILE: images[i]", for error messages
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -33,6 +44,8 @@ def read_json(path: Path, what: str) -> Any:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({what}): {err}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON ({what}): nested too deeply") from None
 
 
 def field(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -55,23 +68,83 @@ def read_karpathy(root: str | Path, filename: str = "dataset_coco.json") -> list
     data = read_json(path, "Karpathy split file (dataset_coco.json / dataset_flickr30k.json)")
     images = field(data, "images", list, str(path))
     out = []
+    seen: dict[int, int] = {}
+    empty_captions = 0
     for i, rec in enumerate(images):
         where = f"{path}: images[{i}]"
         fname = field(rec, "filename", str, where)
         sub = rec.get("filepath", "")
         if not isinstance(sub, str):
             raise ValueError(f"{where}: field 'filepath' should be str")
-        image_id = rec.get("cocoid", rec.get("imgid"))
-        if not isinstance(image_id, int):
-            raise ValueError(f"{where}: needs an integer 'cocoid' or 'imgid'")
+        id_key = "cocoid" if "cocoid" in rec else "imgid"
+        image_id = rec.get(id_key)
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise ValueError(f"{where}: needs an integer 'cocoid' or 'imgid', got {type(image_id).__name__}")
+        if image_id in seen:
+            raise ValueError(f"{where}: field {id_key!r}: image id {image_id} repeats images[{seen[image_id]}] "
+                             "(ids must be unique)")
+        seen[image_id] = i
         sentences = field(rec, "sentences", list, where)
         captions = [field(s, "raw", str, f"{where}.sentences[{j}]").strip() for j, s in enumerate(sentences)]
+        empty_captions += sum(not c for c in captions)
         captions = [c for c in captions if c]
         if not captions:
             raise ValueError(f"{where}: no non-empty caption in 'sentences'")
         image_dir = root / sub if sub else root / ("images" if (root / "images").is_dir() else "")
-        out.append(CaptionedImage(image_id, str(image_dir / fname), captions, field(rec, "split", str, where)))
+        if not fname.strip():
+            raise ValueError(f"{where}: field 'filename' is empty")
+        split = field(rec, "split", str, where)
+        if not split.strip():
+            raise ValueError(f"{where}: field 'split' is empty")
+        out.append(CaptionedImage(image_id, str(image_dir / fname), captions, split, where))
+    if empty_captions:
+        log.warning("%s: %d empty caption(s) left out (their images keep their other captions)", path, empty_captions)
     return out
+
+
+def open_image(im: CaptionedImage):
+    """The decoded image of a record; a missing or broken file names the image and the record."""
+    try:
+        return load_image(im.path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err} (image {im.image_id}, {im.source})") from None
+    except ImageError as err:
+        raise ImageError(f"{err} (image {im.image_id}, {im.source})") from None
+
+
+class SampleRef(NamedTuple):
+    """What EpochSampler yields: the item, its augmentation seed and its place in the epoch."""
+    index: int
+    seed: int
+    epoch: int
+    position: int
+
+
+class EpochSampler(DistributedSampler):
+    """A random order per epoch drawn from (seed, epoch) alone; under DDP every rank takes its
+    slice of the same order (a DistributedSampler, so Lightning does not replace it). `start`
+    skips the first items of epoch `epoch` (a resumed run). Yields SampleRefs."""
+
+    def __init__(self, size: int, seed: int, epoch: int = 0, start: int = 0) -> None:
+        rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
+                       if torch.distributed.is_available() and torch.distributed.is_initialized() else (0, 1))
+        super().__init__(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.size, self.epoch, self.start = size, epoch, start
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.start = epoch, 0
+
+    def __len__(self) -> int:
+        return self.size // self.num_replicas
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.start
+        self.start = 0  # only the resumed epoch starts late
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+        order = torch.randperm(self.size, generator=g)[self.rank::self.num_replicas][: len(self)].tolist()
+        for k in range(start, len(order)):
+            yield SampleRef(order[k], derive_seed(self.seed, epoch, self.rank, k), epoch, k)
 
 
 class CaptionPairs(Dataset):
@@ -84,9 +157,15 @@ class CaptionPairs(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        im, caption = self.pairs[i]
-        return {"image": self.transform(load_image(im.path)), "caption": caption, "image_id": im.image_id}
+    def __getitem__(self, i: int | SampleRef) -> dict[str, Any]:
+        ref = i if isinstance(i, SampleRef) else None
+        im, caption = self.pairs[ref.index if ref else i]
+        image = open_image(im)
+        if ref is None:
+            return {"image": self.transform(image), "caption": caption, "image_id": im.image_id}
+        with seeded(ref.seed):  # augmentation depends on (seed, epoch, position) only
+            pixels = self.transform(image)
+        return {"image": pixels, "caption": caption, "image_id": im.image_id, "position": (ref.epoch, ref.position)}
 
 
 class RetrievalImages(Dataset):
@@ -105,7 +184,7 @@ class RetrievalImages(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         im = self.images[i]
-        return {"image": self.transform(load_image(im.path)), "image_id": im.image_id,
+        return {"image": self.transform(open_image(im)), "image_id": im.image_id,
                 "captions": im.captions, "text_ids": list(range(self.first_text_id[i], self.first_text_id[i + 1]))}
 
 
@@ -114,11 +193,15 @@ class PairCollator:
         self.tokenizer, self.context_length = tokenizer, context_length
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
+        batch = {
             "images": torch.stack([it["image"] for it in items]),
             "tokens": self.tokenizer([it["caption"] for it in items], self.context_length, pad_to_longest=True),
             "image_ids": torch.tensor([it["image_id"] for it in items]),
         }
+        if "position" in items[-1]:  # (epoch, place in the epoch) of the last item: for resuming
+            epoch, position = items[-1]["position"]
+            batch["data_position"] = {"epoch": epoch, "index": position + 1}
+        return batch
 
 
 class RetrievalCollator(PairCollator):
@@ -140,6 +223,7 @@ def retrieval_loader(images: list[CaptionedImage], tokenizer: Tokenizer, image_s
         RetrievalImages(images, image_transform(image_size, train=False)), batch_size=batch_size,
         shuffle=False, num_workers=num_workers, collate_fn=RetrievalCollator(tokenizer, context_length),
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(0),  # worker seeds off the global RNG (exact resume)
     )
 
 
@@ -153,14 +237,17 @@ class CocoCaptionsDataModule(L.LightningDataModule):
     def __init__(self, root: str, tokenizer: Tokenizer, image_size: int, context_length: int,
                  batch_size: int = 32, eval_batch_size: int = 64, num_workers: int = 2,
                  karpathy_file: str = "dataset_coco.json", val_split: str = "val", test_split: str = "test",
-                 max_eval_images: int = 0, augment: bool = True, crop_scale_min: float = 0.8) -> None:
+                 max_eval_images: int = 0, augment: bool = True, crop_scale_min: float = 0.8, seed: int = 0) -> None:
         super().__init__()
         self.root, self.tokenizer = root, tokenizer
         self.image_size, self.context_length = image_size, context_length
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.karpathy_file, self.val_split, self.test_split = karpathy_file, val_split, test_split
         self.max_eval_images, self.augment, self.crop_scale_min = max_eval_images, augment, crop_scale_min
+        self.seed = seed
         self.images: list[CaptionedImage] | None = None
+        self._position: dict[str, int] = {"epoch": -1, "index": 0}  # of the last consumed batch
+        self._resume: dict[str, Any] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.images is None:
@@ -178,9 +265,35 @@ class CocoCaptionsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = CaptionPairs(self.split("train"), image_transform(self.image_size, True, self.augment, self.crop_scale_min))
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, drop_last=True,
+        epoch = lightning_epoch(self)
+        start, r = 0, self._resume
+        if r is not None and (epoch is None or r["epoch"] == epoch):
+            if (r["size"], r["batch_size"]) == (len(ds), self.batch_size):
+                epoch, start = r["epoch"], r["index"]
+            else:
+                log.warning("data position not restored (%d training pairs, batch %d in the checkpoint; now %d, %d): "
+                            "epoch %d restarts from its first batch", r["size"], r["batch_size"], len(ds),
+                            self.batch_size, r["epoch"])
+        sampler = EpochSampler(len(ds), self.seed, epoch=epoch or 0, start=start)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=PairCollator(self.tokenizer, self.context_length))
+                          collate_fn=PairCollator(self.tokenizer, self.context_length),
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    # --- resuming: where the last consumed training batch ended ----------------------------------
+    def consumed(self, position: dict[str, int]) -> None:
+        self._position = {"epoch": position["epoch"], "index": position["index"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._position["epoch"] < 0 or self.images is None:
+            return {}
+        size = sum(len(im.captions) for im in self.split("train"))
+        return {**self._position, "size": size, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state and state.get("epoch", -1) >= 0:
+            self._resume = dict(state)
+            self._position = {"epoch": state["epoch"], "index": state["index"]}
 
     def val_dataloader(self) -> DataLoader:
         return retrieval_loader(self.split(self.val_split), self.tokenizer, self.image_size,

@@ -28,8 +28,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+class ImageError(OSError, ValueError):
+    """An image file that cannot be decoded (an OSError for old callers, a ValueError so that the
+    CLIs report it as bad input: one line naming the file, exit code 2)."""
+
+
 def load_image(path: str) -> Image.Image:
-    """Open and fully decode an image; raises OSError/ValueError naming the file if it is broken."""
+    """Open and fully decode an image; raises FileNotFoundError / ImageError naming the file."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -37,7 +42,7 @@ def load_image(path: str) -> Image.Image:
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise OSError(f"cannot decode image {path}: {err}") from None
+        raise ImageError(f"cannot decode image {path}: {err}") from None
 
 
 def stack_images(images: Sequence[Tensor]) -> Tensor:
