@@ -1,0 +1,147 @@
+"""Sweeps: every sweep file loads and every stage config of every grid point validates;
+bad sweep files name the key; an interrupted trial is failed and retried with its own
+grid point, so a resumed study runs each grid point to completion exactly once."""
+
+import json
+from collections import Counter
+
+import optuna
+import pytest
+
+from mammut_pl import sweep as sw
+from mammut_pl.config import ConfigError
+
+
+@pytest.mark.parametrize("name", sw.list_sweeps())
+def test_every_sweep_file_loads_and_every_stage_config_validates(name):
+    sweep = sw.load_sweep(name)
+    assert sweep.sampler == "grid" and sweep.n_trials() == len(sweep.params[0].grid) >= 3
+    cli = {s: [] for s in (*sw.STAGES, "all")}
+    for value in sweep.params[0].grid:
+        overrides = sweep.params[0].overrides(value)
+        pre = sw.stage_config(sweep, "pretrain", overrides, cli, [])
+        vqa = sw.stage_config(sweep, "vqa", overrides, cli, [])
+        assert pre.task == "pretrain" and vqa.task == "vqa"
+        for key, v in overrides.items():  # the trial's values reach the configs
+            group, field = key.split(".", 1)
+            got = getattr(getattr(pre, group), field)
+            assert got == v or (isinstance(v, dict) and {**got, **v} == got), key
+        # downstream fine-tuning uses the pretraining architecture (or init_from would not fit)
+        assert pre.model.architecture() == vqa.model.architecture()
+
+
+def test_paper_grids():
+    assert sw.load_sweep("xattn").params[0].grid == [1, 2, 3, 4]  # {1, 2, 3, N/2, N} with N = 4
+    assert set(sw.load_sweep("cross_task").params[0].grid) == {"contrastive_only", "captioning_only", "both"}
+    both = sw.load_sweep("cross_task").params[0].overrides("contrastive_only")
+    assert both == {"loss.contrastive_weight": 1.0, "loss.caption_weight": 0.0}
+
+
+def test_split_overrides():
+    name, settings, stage = sw.split_overrides(["sweep=xattn", "sweep.workers=2", "pretrain.data.root=/a",
+                                                "vqa.data.root=/b", "trainer.devices=2"])
+    assert name == "xattn" and settings == ["workers=2"]
+    assert stage == {"pretrain": ["data.root=/a"], "vqa": ["data.root=/b"], "all": ["trainer.devices=2"]}
+    with pytest.raises(ConfigError, match="sweep=NAME is required"):
+        sw.split_overrides(["trainer.devices=2"])
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+BASE = """
+pretrain: demo
+vqa: vqa
+params:
+  model.num_cross_attn: [1, 2]
+objectives:
+  - {metric: pretrain/test/i2t_R@1, direction: maximize}
+"""
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("colour: red\n", "unknown key"),
+    ("pruner: median\nobjectives:\n  - pretrain/test/i2t_R@1\n  - vqa/test/vqa_accuracy\n", "single-objective"),
+    ("sampler: tpe\n", "needs sweep.n_trials"),
+    ("sampler: bayes\n", "`sampler`"),
+    ("sweep: {workerz: 2}\n", "sweep.workerz"),
+])
+def test_bad_sweep_files_name_the_key(tmp_path, extra, match):
+    text = BASE.split("objectives:")[0] if "objectives:" in extra else BASE
+    with pytest.raises(ConfigError, match=match):
+        sw.load_sweep(_write(tmp_path, text + extra))
+    with pytest.raises(ConfigError, match="Did you mean sweep=xattn"):
+        sw.load_sweep("xatn")
+
+
+def test_a_bad_trial_value_fails_before_any_work(tmp_path):
+    sweep = sw.load_sweep(_write(tmp_path, BASE.replace("[1, 2]", "[1, 9]")))
+    cli = {s: [] for s in (*sw.STAGES, "all")}
+    with pytest.raises(ConfigError, match="num_cross_attn"):
+        sw.stage_config(sweep, "pretrain", sweep.params[0].overrides(9), cli, [])
+
+
+class FakeRunner:
+    """Stands in for pretraining + VQA: the value is a function of the parameter."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, trial):
+        m = trial.suggest_categorical("model.num_cross_attn", [1, 2, 3, 4])
+        self.calls.append(m)
+        if m == 3 and not any(t.user_attrs.get("raised") for t in trial.study.trials):
+            trial.set_user_attr("raised", True)
+            raise RuntimeError("a trial that raises")  # recorded as failed, the study goes on
+        return float(m * 10)
+
+
+def test_resume_retries_the_interrupted_trial_and_runs_each_grid_point_once(tmp_path):
+    sweep = sw.load_sweep(_write(tmp_path, BASE.replace("[1, 2]", "[1, 2, 3, 4]")), [f"out={tmp_path}"])
+    study = sw.open_study(sweep, tmp_path)
+    runner = FakeRunner()
+    study.optimize(runner, n_trials=1, catch=(Exception,))
+    # a sweep killed while its second trial ran: the trial stays RUNNING in the storage
+    killed = study.ask()
+    killed_value = killed.suggest_categorical("model.num_cross_attn", [1, 2, 3, 4])
+    assert sw.counted_trials(study) == 1
+
+    study = sw.open_study(sweep, tmp_path)  # the re-run opens the same study from its storage
+    assert sw.retry_interrupted(study) == [killed.number]
+    sw.run_workers(sweep, study, runner, [])
+    trials = study.get_trials()
+    states = Counter(t.state for t in trials)
+    assert states[optuna.trial.TrialState.FAIL] == 2  # the interrupted one and the one that raised
+    assert trials[killed.number].user_attrs["error"] == sw.INTERRUPTED
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed.number)
+    assert retry.params["model.num_cross_attn"] == killed_value and retry.state.name == "COMPLETE"
+    assert any("RuntimeError" in str(t.user_attrs.get("error", "")) or t.user_attrs.get("raised") for t in trials)
+    # every grid point was tried exactly once after the interruption, no point twice to completion
+    finished = [t.params["model.num_cross_attn"] for t in trials
+                if t.state.name in ("COMPLETE", "FAIL") and t.user_attrs.get("error") != sw.INTERRUPTED]
+    assert sorted(finished) == [1, 2, 3, 4]
+    assert sw.counted_trials(study) == 4
+    # a third run has nothing left to do
+    before = len(runner.calls)
+    sw.run_workers(sweep, sw.open_study(sweep, tmp_path), runner, [])
+    assert len(runner.calls) == before
+
+
+def test_results_table_and_markdown(tmp_path):
+    sweep = sw.load_sweep(_write(tmp_path, BASE))
+    study = optuna.create_study(directions=sweep.directions)
+    for m in (1, 2):
+        t = study.ask()
+        t.suggest_categorical("model.num_cross_attn", [1, 2])
+        t.set_user_attr("metrics", {"pretrain/test/i2t_R@1": 10.0 * m})
+        study.tell(t, 10.0 * m)
+    df = sw.results_table(study, sweep)
+    assert list(df["pretrain/test/i2t_R@1"]) == [10.0, 20.0] and list(df["state"]) == ["COMPLETE"] * 2
+    md = sw.markdown_table(df)
+    assert md.splitlines()[2] == "| 0 | COMPLETE | 1 | 10.00 |"
+    png = sw.plot_results(df, sweep, tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    json.dumps(sw.load_sweep("xattn").settings.__dict__)  # settings are plain values
