@@ -36,11 +36,10 @@ from omegaconf import OmegaConf
 from mammut_pl.checkpoint import checkpoint_config, read_checkpoint, task_with_weights
 from mammut_pl.config import Config, ConfigError
 
-log = logging.getLogger("mammut_pl")
 KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
 DATASETS = {file: name for name, file in KARPATHY_FILES.items()}
 # what is evaluated -> the task (LightningModule) whose test loop scores it
-TASKS = {"retrieval": "pretrain", "captioning": "captioning"}
+EVAL_TASKS = {"retrieval": "pretrain", "captioning": "captioning"}
 OWN_KEYS = ("task", "ckpt", "data", "split", "out")
 RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean_R")
 CAPTION_KEYS = ("BLEU1", "BLEU2", "BLEU3", "BLEU4", "CIDEr", "distinct_captions")
@@ -58,8 +57,8 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             own[key] = value
         else:
             overrides.append(arg)
-    if own.get("task") not in TASKS:
-        raise ConfigError(f"task={own.get('task', '')!r}: expected one of {', '.join(TASKS)}")
+    if own.get("task") not in EVAL_TASKS:
+        raise ConfigError(f"task={own.get('task', '')!r}: expected one of {', '.join(EVAL_TASKS)}")
     if not own.get("ckpt"):
         raise ConfigError("ckpt=PATH is required (a checkpoint written by `python -m mammut_pl.fit`)")
     if own.get("data", "") not in ("", *KARPATHY_FILES):
@@ -71,7 +70,7 @@ def eval_config(stored: Config, own: dict[str, str], overrides: list[str]) -> Co
     """The checkpoint's config, pointed at the Karpathy-split data and split to evaluate."""
     cfg = stored
     given = {o.split("=", 1)[0] for o in overrides}
-    cfg.task = TASKS[own["task"]]
+    cfg.task = EVAL_TASKS[own["task"]]
     d = cfg.data
     if d.name == "webdata" and "data.root" not in given:  # a pretraining run: its zero-shot COCO
         if not d.val_root:
@@ -120,9 +119,9 @@ def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
     tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     keys = RECALL_KEYS if own["task"] == "retrieval" else CAPTION_KEYS
     report: dict[str, Any] = {
-        "task": own["task"], "ckpt": str(ckpt_path), "data": DATASETS.get(cfg.data.karpathy_file, cfg.data.karpathy_file),
-        "root": cfg.data.root, "split": cfg.data.test_split, "images": len(images),
-        "captions": sum(len(im.captions) for im in images),
+        "task": own["task"], "ckpt": str(ckpt_path),
+        "data": DATASETS.get(cfg.data.karpathy_file, cfg.data.karpathy_file), "root": cfg.data.root,
+        "split": cfg.data.test_split, "images": len(images), "captions": sum(len(im.captions) for im in images),
         "max_eval_images": cfg.data.max_eval_images,
         "metrics": {k: float(tested[f"test/{k}"]) for k in keys},
     }
@@ -143,7 +142,8 @@ def format_report(report: dict[str, Any]) -> str:
     head = (f"{report['task']} | {report['data']} {report['split']}: {report['images']} images, "
             f"{report['captions']} captions | {report['ckpt']}")
     if report["max_eval_images"]:
-        head += f"\n  (not the full protocol: data.max_eval_images={report['max_eval_images']} keeps the first images only)"
+        head += (f"\n  (not the full protocol: data.max_eval_images={report['max_eval_images']} "
+                 "keeps the first images only)")
     if report["task"] == "retrieval":
         lines = [head, f"{'':16}{'R@1':>7}{'R@5':>7}{'R@10':>7}"]
         for direction, name in (("i2t", "image -> text"), ("t2i", "text -> image")):
@@ -151,7 +151,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{'mean of the six':16}{m['mean_R']:7.1f}")
     else:
         d = report["decoding"]
-        decoding = "greedy" if d["num_beams"] == 1 else f"beam search ({d['num_beams']} beams, length penalty {d['length_penalty']})"
+        decoding = ("greedy" if d["num_beams"] == 1
+                    else f"beam search ({d['num_beams']} beams, length penalty {d['length_penalty']})")
         lines = [head, f"decoding: {decoding}, up to {d['max_new_tokens']} tokens",
                  "  ".join(f"BLEU-{n} {100 * m[f'BLEU{n}']:.1f}" for n in (1, 2, 3, 4))
                  + f"  CIDEr {100 * m['CIDEr']:.1f}  (x100)",

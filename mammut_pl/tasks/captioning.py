@@ -15,10 +15,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import Tensor
 
+from mammut_pl.losses import CaptionLoss
 from mammut_pl.metrics.captioning import CaptionMetrics
 from mammut_pl.tasks.base import MaMMUTTask, write_results_json
 
@@ -32,6 +34,7 @@ METRIC_NAMES = {"BLEU-1": "BLEU1", "BLEU-2": "BLEU2", "BLEU-3": "BLEU3", "BLEU-4
 class CaptioningTask(MaMMUTTask):
     def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
         super().__init__(cfg, tokenizer)
+        self.eval_loss = CaptionLoss(self.cfg.model.pad_id)  # plain NLL (no smoothing) on (B, T, V) logits
         self.val_metrics = CaptionMetrics()
         self.test_metrics = CaptionMetrics()
         # the last test epoch's captions: [{"image_id", "caption", "references"}], for the report
@@ -58,18 +61,24 @@ class CaptioningTask(MaMMUTTask):
                                      length_penalty=e.length_penalty)
         return self.decode(tokens)
 
-    def _eval_step(self, batch: dict[str, Any], metric: CaptionMetrics) -> None:
+    def _eval_step(self, batch: dict[str, Any], metric: CaptionMetrics, stage: str) -> None:
         # batches follow the retrieval protocol: each image with all of its reference captions
-        metric.update(batch["image_ids"], self.captions(batch["images"]), batch["captions"])
+        images, references = batch["images"], batch["captions"]
+        metric.update(batch["image_ids"], self.captions(images), references)
+        # teacher-forced loss on every reference (images encoded once): over- vs under-fitting at a glance
+        rows = torch.repeat_interleave(torch.arange(len(images), device=images.device),
+                                       torch.tensor([len(r) for r in references], device=images.device))
+        logits = self.model.caption_logits(self.model.image_tokens(images)[rows], batch["tokens"])
+        self.log(f"{stage}/caption_loss", self.eval_loss(logits, batch["tokens"]), batch_size=len(rows), sync_dist=True)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics)
+        self._eval_step(batch, self.val_metrics, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores(self.val_metrics, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics)
+        self._eval_step(batch, self.test_metrics, "test")
 
     def on_test_epoch_end(self) -> None:
         if not self.test_metrics.update_called:
