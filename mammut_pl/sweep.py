@@ -332,6 +332,7 @@ def parent_run(study: optuna.Study, sweep: Sweep) -> str:
     run = client.create_run(exp_id, run_name=study.study_name, tags={
         "mammut_pl.kind": "sweep", "mammut_pl.sweep": sweep.name, "mammut_pl.study": study.study_name,
         "mammut_pl.params": json.dumps([p.name for p in sweep.params]),
+        "mammut_pl.space": json.dumps({p.name: p.grid for p in sweep.params if p.grid}),
         "mammut_pl.objectives": json.dumps([{"metric": metric_key(o.metric), "direction": o.direction}
                                             for o in sweep.objectives]),
         "mlflow.note.content": sweep.description,
