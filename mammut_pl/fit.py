@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mammut_pl import config as config_lib
 from mammut_pl.config import Config, ConfigError
@@ -142,7 +143,6 @@ def run(cfg: Config, extra_callbacks: list[Callback] | None = None, report: bool
         remove_stale_temporaries(Path(resume_from).parent)
     datamodule = build_datamodule(cfg, tokenizer)
     task = build_task(cfg, tokenizer)
-    run_dir.mkdir(parents=True, exist_ok=True)
     logger = make_logger(cfg, run_dir, run_dir.name)
     has_val = bool(getattr(datamodule, "val", True)) if cfg.data.name == "webdata" else True
     trainer = L.Trainer(
@@ -151,7 +151,8 @@ def run(cfg: Config, extra_callbacks: list[Callback] | None = None, report: bool
         limit_val_batches=None if has_val else 0,
         plugins=[AtomicCheckpointIO()],  # atomic saves, weights-only loads
     )
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # under DDP the other ranks write nothing (checkpoints: rank 0's dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
         log_run_start(logger, cfg, run_dir, resumed=resume_from is not None)
     start = time.time()
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
@@ -203,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except SIGTERMException:  # ResumeState saved last.ckpt at the step where it stopped
+        print("stopped by SIGTERM; last.ckpt holds the last finished step: resume with ckpt_path=last",
+              file=sys.stderr)
+        return 128 + 15
     return 0
 
 

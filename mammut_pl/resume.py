@@ -200,6 +200,7 @@ class ResumeState(Callback):
         self._rng_to_restore: dict[str, Any] | None = None
         self._batches = 0  # in this epoch
         self._empty_epochs = 0
+        self._saved_step: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -227,12 +228,40 @@ class ResumeState(Callback):
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._batches = 0
 
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self._saved_step = checkpoint.get("global_step")
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        # Lightning updates last.ckpt only every checkpoint_every_n_steps (or after validation):
+        # the steps since then would be lost when training ends between two saves
+        if self._saved_step != trainer.global_step and (path := _last_path(trainer)) is not None:
+            trainer.save_checkpoint(path)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """SIGTERM (preemption, `kill`): Lightning stops at the end of the current step; save
+        last.ckpt there, so that nothing since the last periodic checkpoint is lost."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException):
+            return  # e.g. a non-finite loss: keep the last good checkpoint as it is
+        if (path := _last_path(trainer)) is not None:
+            trainer.save_checkpoint(path)
+            log.warning("SIGTERM: saved %s at global step %d; resume with ckpt_path=last", path, trainer.global_step)
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         # one empty epoch is normal after resuming from its last batch; two in a row are not
         self._empty_epochs = self._empty_epochs + 1 if self._batches == 0 else 0
         if self._empty_epochs >= 2:
             raise ValueError(f"the training data gave no batch in {self._empty_epochs} epochs in a row "
                              "(every sample skipped? see the warnings above and train/skipped_samples)")
+
+
+def _last_path(trainer: Any) -> Path | None:
+    """last.ckpt of the run (the ModelCheckpoint with save_last), if any."""
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "save_last", False) and cb.dirpath:
+            return Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    return None
 
 
 def lightning_epoch(datamodule: Any) -> int | None:
