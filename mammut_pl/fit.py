@@ -114,15 +114,18 @@ def resolve_run(cfg: Config) -> tuple[Path, str | None]:
 def callbacks(cfg: Config, run_dir: Path, has_val: bool) -> list[Callback]:
     ckpt_dir = run_dir / "checkpoints"
     cbs: list[Callback] = [
+        # enable_version_counter=False: a resumed run overwrites last.ckpt / best.ckpt (the atomic
+        # CheckpointIO makes that safe) instead of writing last-v1.ckpt next to a stale last.ckpt
         ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True, save_top_k=0,
-                        every_n_train_steps=cfg.checkpoint_every_n_steps or None, auto_insert_metric_name=False),
+                        every_n_train_steps=cfg.checkpoint_every_n_steps or None, auto_insert_metric_name=False,
+                        enable_version_counter=False),
     ]
     if cfg.mlflow.enabled:  # the LR monitor needs a logger
         cbs.append(LearningRateMonitor(logging_interval="step"))
     if has_val and cfg.task in MONITOR:
         key, mode = MONITOR[cfg.task]
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=key, mode=mode, save_top_k=1,
-                                   auto_insert_metric_name=False))
+                                   auto_insert_metric_name=False, enable_version_counter=False))
     return cbs
 
 

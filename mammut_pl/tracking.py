@@ -33,14 +33,18 @@ def git_commit() -> str:
 
 
 def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
-    """An http(s) tracking URI must answer within `timeout_s` (MLflow's own client would retry
-    for minutes); other stores (sqlite, files) are checked when the run is created."""
+    """An http(s) tracking URI must answer /health within `timeout_s` (MLflow's own client would
+    retry for minutes); other stores (sqlite, files) are checked when the run is created."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()  # noqa: S310
-    except urllib.error.HTTPError:
-        return  # it answered (an auth proxy, an older server without /health): reachable
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            return  # behind authentication: the MLflow client sends the credentials
+        raise ConfigError(f"`mlflow.tracking_uri`: {uri} answers, but not as an MLflow tracking server "
+                          f"(HTTP {err.code} on /health). Fix the URI, or train without tracking: "
+                          "mlflow.enabled=false") from None
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
         raise ConfigError(f"`mlflow.tracking_uri`: no MLflow tracking server answers at {uri} within "

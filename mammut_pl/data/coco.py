@@ -67,6 +67,8 @@ def read_karpathy(root: str | Path, filename: str = "dataset_coco.json") -> list
     path = root / filename
     data = read_json(path, "Karpathy split file (dataset_coco.json / dataset_flickr30k.json)")
     images = field(data, "images", list, str(path))
+    if not images:
+        raise ValueError(f"{path}: field 'images' is empty")
     out = []
     seen: dict[int, int] = {}
     empty_captions = 0

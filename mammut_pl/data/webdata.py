@@ -48,6 +48,7 @@ class SkipCounter:
 
     def __init__(self) -> None:
         self.pending = 0
+        self.total = 0
         self.warned = 0
         self.muted = False  # while replaying up to a resume position: counted before the kill
 
@@ -55,6 +56,7 @@ class SkipCounter:
         if self.muted:
             return
         self.pending += 1
+        self.total += 1
         if self.warned < MAX_WARNINGS:
             self.warned += 1
             log.warning("skipping %s: %s: %s", what, type(err).__name__, err)
@@ -161,7 +163,7 @@ class WebPairStream(IterableDataset):
         resume = self.start if self.start is not None and self.start["epoch"] == epoch else None
         worker = (wid + (resume["rotation"] if resume else 0)) % num_workers
         index, batches = (resume["pos"].get(worker, (0, 0)) if resume else (0, 0))
-        counter = SkipCounter()
+        counter = self.counter = SkipCounter()  # (the last epoch's, for inspection)
         stream = self._shuffled(epoch, rank, world, worker, num_workers, counter)
         quota = self._quota(worker, num_workers) if self.resampled else None
         counter.muted = True
