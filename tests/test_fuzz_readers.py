@@ -31,30 +31,34 @@ SAMPLE_KINDS = ["good", "good", "good", "bad_image", "empty_caption", "space_cap
                 "no_txt", "no_image", "garbled_json"]
 
 
+def sample_members(i, kind, bad_jpg=b"\xff\xd8 cut", garbled_json=b"{not json"):
+    """The tar members of sample i of the given kind; good ones carry a caption naming their colour."""
+    color = i % len(PALETTE)
+    members = {"jpg": image_bytes(PALETTE[color]), "txt": f"sample {i:03d} colour {color} end".encode(),
+               "json": b'{"url": "http://x", "w": 16}'}
+    if kind == "bad_image":
+        members["jpg"] = bad_jpg
+    elif kind == "empty_caption":
+        members["txt"] = b""
+    elif kind == "space_caption":
+        members["txt"] = b" \t\n "
+    elif kind == "non_utf8_caption":
+        members["txt"] = b"\xff\xfe caption \xc3\x28"
+    elif kind == "no_txt":
+        del members["txt"]
+    elif kind == "no_image":
+        del members["jpg"]
+    elif kind == "garbled_json":  # the sidecar is not read: the pair is still good
+        members["json"] = garbled_json
+    return members
+
+
 @st.composite
 def shard_spec(draw):
-    """A shard: a list of (kind, members) samples; good ones carry a caption naming their colour."""
-    samples = []
-    for i, kind in enumerate(draw(st.lists(st.sampled_from(SAMPLE_KINDS), min_size=1, max_size=8))):
-        color = i % len(PALETTE)
-        caption = f"sample {i:03d} colour {color} end".encode()
-        members = {"jpg": image_bytes(PALETTE[color]), "txt": caption, "json": b'{"url": "http://x", "w": 16}'}
-        if kind == "bad_image":
-            members["jpg"] = draw(bad_image_bytes())
-        elif kind == "empty_caption":
-            members["txt"] = b""
-        elif kind == "space_caption":
-            members["txt"] = b" \t\n "
-        elif kind == "non_utf8_caption":
-            members["txt"] = b"\xff\xfe caption \xc3\x28"
-        elif kind == "no_txt":
-            del members["txt"]
-        elif kind == "no_image":
-            del members["jpg"]
-        elif kind == "garbled_json":  # the sidecar is not read: the pair is still good
-            members["json"] = draw(st.binary(max_size=30))
-        samples.append((kind, members))
-    return samples
+    """A shard: a list of (kind, members) samples."""
+    kinds = draw(st.lists(st.sampled_from(SAMPLE_KINDS), min_size=1, max_size=8))
+    return [(kind, sample_members(i, kind, draw(bad_image_bytes()), draw(st.binary(max_size=30))))
+            for i, kind in enumerate(kinds)]
 
 
 def good_captions(spec):
@@ -115,24 +119,8 @@ def test_fuzzed_web_shards_never_crash_and_never_mix_samples(tmp_path_factory, s
 
 def test_every_bad_kind_is_skipped_and_counted(tmp_path):
     """Each kind of bad sample, and each kind of bad shard, once (the deterministic cousin of the fuzz test)."""
-    members = []
-    for i, kind in enumerate(SAMPLE_KINDS + ["good"]):
-        m = {"jpg": image_bytes(PALETTE[i % len(PALETTE)]), "txt": f"sample {i:03d} colour {i % len(PALETTE)} end".encode()}
-        if kind == "bad_image":
-            m["jpg"] = image_bytes()[:40]
-        elif kind == "empty_caption":
-            m["txt"] = b""
-        elif kind == "space_caption":
-            m["txt"] = b"  "
-        elif kind == "non_utf8_caption":
-            m["txt"] = b"\xff\xfe"
-        elif kind == "no_txt":
-            del m["txt"]
-        elif kind == "no_image":
-            del m["jpg"]
-        elif kind == "garbled_json":
-            m["json"] = b"{not json"
-        members += [(f"{i:09d}.{ext}", data) for ext, data in m.items()]
+    members = [(f"{i:09d}.{ext}", data) for i, kind in enumerate(SAMPLE_KINDS + ["good"])
+               for ext, data in sample_members(i, kind).items()]
     good = write_tar(tmp_path / "00000.tar", members)
     (tmp_path / "00001.tar").write_bytes(b"")  # zero-size
     (tmp_path / "00002.tar").write_bytes(good.read_bytes()[:2000])  # truncated
