@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run([sys.executable, "-m", "mammut_pl.bench", "--smoke", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "mammut_pl.bench", "--smoke", "--threads", "1", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "latest.json").read_text()), proc.stdout
@@ -46,7 +46,7 @@ def test_writes_the_three_files(smoke):
 def test_machine_and_plan(smoke):
     _, res, _ = smoke
     m = res["machine"]
-    assert m["cores"] >= 1 and m["torch_threads"] >= 1 and m["cpu"]
+    assert m["cores"] >= 1 and m["torch_threads"] == 1 and m["cpu"]  # --threads 1
     for pkg in ("torch", "timm", "open_clip"):
         assert m["versions"][pkg]
     # the bench extra is optional (CI installs only .[dev]): installed, or its contender skipped
@@ -64,8 +64,8 @@ def test_training_rows_and_ratios_are_consistent(smoke):
     B = tr["batch_size"]
     assert tr["tokens_shape"][0] == B and tr["tokens_shape"][1] <= 76
     for row in tr["rows"].values():
-        check_times(row["step_s"])
-        assert row["step_s"]["n"] == tr["rounds"]
+        check_times(row["step_s"]), check_times(row["cpu_s"])
+        assert row["step_s"]["n"] == row["cpu_s"]["n"] == tr["rounds"]
         assert math.isclose(row["images_per_s"], B / row["step_s"]["median"], rel_tol=1e-9)
         assert positive(row["params_m"]) and positive(row["state_mb"])
         if row["step_peak_mb"] is not None:
@@ -79,6 +79,8 @@ def test_training_rows_and_ratios_are_consistent(smoke):
     else:
         assert math.isclose(r["mammut_pl/lucidrains"], med["mammut_pl"] / med["lucidrains"], rel_tol=1e-9)
     assert math.isclose(r["mammut_pl/clip"], med["mammut_pl"] / med["clip"], rel_tol=1e-9)
+    cpu = {k: r["cpu_s"]["median"] for k, r in tr["rows"].items()}
+    assert math.isclose(r["cpu mammut_pl/coca"], cpu["mammut_pl"] / cpu["coca"], rel_tol=1e-9)
 
 
 def test_overhead_generation_retrieval_data(smoke):
@@ -86,13 +88,14 @@ def test_overhead_generation_retrieval_data(smoke):
     ov = res["overhead"]
     full, con = ov["rows"]["full"]["step_s"], ov["rows"]["contrastive_only"]["step_s"]
     check_times(full), check_times(con)
+    check_times(ov["rows"]["full"]["cpu_s"])
     assert math.isclose(ov["ratios"]["full/contrastive"], full["median"] / con["median"], rel_tol=1e-9)
 
     ge = res["generate"]
     assert ge["identical_tokens"] is True
     assert ge["tokens_shape"] == [ge["batch_size"], ge["new_tokens"]] and ge["new_tokens"] == 30
     for row in ge["rows"].values():
-        check_times(row["time_s"])
+        check_times(row["time_s"]), check_times(row["cpu_s"])
         assert math.isclose(row["tokens_per_s"], ge["batch_size"] * ge["new_tokens"] / row["time_s"]["median"], rel_tol=1e-9)
     assert math.isclose(ge["speedup"], ge["rows"]["cache"]["tokens_per_s"] / ge["rows"]["no_cache"]["tokens_per_s"],
                         rel_tol=1e-9)
@@ -113,6 +116,8 @@ def test_summary_and_cli_validation():
         bench.main(["--sections", "train,nonsense"])
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--smoke"])
+    with pytest.raises(SystemExit):
+        bench.main(["--threads", "0"])
 
 
 def test_a_missing_extra_skips_its_contender_with_the_reason(monkeypatch):
