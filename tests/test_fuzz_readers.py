@@ -23,7 +23,16 @@ from mammut_pl.fit import error_message
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
-logging.getLogger("mammut_pl.data.webdata").setLevel(logging.ERROR)  # thousands of skip warnings
+
+
+@pytest.fixture(autouse=True, scope="module")
+def quiet_skips():
+    """Thousands of skip warnings: quiet here, restored for the other test modules."""
+    logger = logging.getLogger("mammut_pl.data.webdata")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
 
 
 # --- webdataset shards ------------------------------------------------------------------------------
