@@ -3,12 +3,15 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_BACKEND ?= sqlite:///$(CURDIR)/mlflow-server.db
+MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
+MLFLOW_WORKERS ?= 4
 DEMO_DIR ?= data/demo
 ARGS ?=
 SWEEP_ARGS ?=
 CKPT ?= $(lastword $(sort $(wildcard outputs/demo/*/checkpoints/last.ckpt)))
 
-.PHONY: help setup data demo evaluate test test-fast mlflow-ui bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task
+.PHONY: help setup data demo evaluate test test-fast mlflow-ui mlflow-server bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -53,6 +56,13 @@ bench: setup .venv/.bench-stamp ## time mammut_pl vs CoCa/CLIP/lucidrains side b
 mlflow-ui: setup ## serve the MLflow UI for ./mlflow.db on http://$(MLFLOW_HOST):$(MLFLOW_PORT)
 	@echo "MLflow UI on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (Ctrl-C to stop)"
 	@.venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+
+mlflow-server: setup ## MLflow tracking server for many processes / machines: MLFLOW_BACKEND (sqlite, postgresql://...), artifacts in MLFLOW_ARTIFACTS
+	@mkdir -p "$(MLFLOW_ARTIFACTS)"
+	@echo "MLflow tracking server on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (backend $(MLFLOW_BACKEND), artifacts in $(MLFLOW_ARTIFACTS)); Ctrl-C to stop"
+	@echo "log to it: mlflow.tracking_uri=http://$(MLFLOW_HOST):$(MLFLOW_PORT)  (sweeps: sweep.tracking_uri=...)"
+	@exec .venv/bin/mlflow server --backend-store-uri "$(MLFLOW_BACKEND)" --artifacts-destination "$(MLFLOW_ARTIFACTS)" \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)
 
 clean: ## remove run outputs (keeps .venv, data and mlflow.db)
 	rm -rf outputs .pytest_cache

@@ -30,6 +30,18 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
+def global_batch_mean(total: Tensor, count: Tensor | int) -> Tensor:
+    """`total` (a sum over this rank's items) / the number of items on ALL ranks, x world size.
+    DDP averages gradients over ranks, so the average is the gradient of the mean over the
+    global batch however the items (e.g. caption tokens) are spread over the ranks; a per-rank
+    mean would weigh a rank's few tokens like another's many. One process: total / count."""
+    _, world = _world()
+    n = torch.as_tensor(count, dtype=torch.float32, device=total.device).clone()
+    if world > 1:
+        dist.all_reduce(n)  # a count: no gradient
+    return total * world / n
+
+
 class _PairwiseContrastiveLoss(nn.Module):
     """Every image-text pair is a binary decision (match or not) on l_ij = s * cos_ij + b."""
 

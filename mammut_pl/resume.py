@@ -233,8 +233,12 @@ class ResumeState(Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         # Lightning updates last.ckpt only every checkpoint_every_n_steps (or after validation):
-        # the steps since then would be lost when training ends between two saves
-        if self._saved_step != trainer.global_step and (path := _last_path(trainer)) is not None:
+        # the steps since then would be lost when training ends between two saves. A ModelCheckpoint
+        # that has not saved yet in this run writes last.ckpt in its own on_train_end (called after
+        # this one): saving here as well would make it write a second file, last-v1.ckpt
+        saver = next((cb for cb in trainer.checkpoint_callbacks if getattr(cb, "save_last", False)), None)
+        if (self._saved_step != trainer.global_step and getattr(saver, "_last_checkpoint_saved", "")
+                and (path := _last_path(trainer)) is not None):
             trainer.save_checkpoint(path)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:

@@ -246,6 +246,18 @@ def stage_config(sweep: Sweep, stage: str, trial_overrides: dict[str, Any], cli:
     return config_lib.load(experiment, overrides)
 
 
+def single_process(cfg: config_lib.Config) -> None:
+    """A trial trains in its worker process. Lightning's DDP launcher would start this whole
+    command again for every further rank (each taking trials of its own), so multi-process
+    trainers are refused; run trials in parallel with sweep.workers instead."""
+    t = config_lib.trainer_kwargs(cfg)
+    devices = t.get("devices", 1)
+    many = len(devices) > 1 if isinstance(devices, (list, tuple)) else str(devices) != "1"  # -1, auto: all
+    if many or int(t.get("num_nodes", 1) or 1) > 1:
+        raise ConfigError(f"`trainer.devices={devices}` / `trainer.num_nodes`: a sweep trains each trial in "
+                          "one process (one device); run trials in parallel with sweep.workers=K instead")
+
+
 # --- storage, study, resume ---------------------------------------------------------------------
 def storage_for(sweep: Sweep, out: Path) -> str | optuna.storages.BaseStorage:
     s = sweep.settings.storage
@@ -579,9 +591,9 @@ def main(argv: list[str] | None = None) -> int:
         # every stage config must be valid before any trial starts
         for p in sweep.params:
             for value in p.grid[:1] or [p.low]:
-                stage_config(sweep, "pretrain", p.overrides(value), cli, [])
+                single_process(stage_config(sweep, "pretrain", p.overrides(value), cli, []))
                 if sweep.vqa:
-                    stage_config(sweep, "vqa", p.overrides(value), cli, [])
+                    single_process(stage_config(sweep, "vqa", p.overrides(value), cli, []))
         study = open_study(sweep, out)
         parent = parent_run(study, sweep)
         if sweep.settings.role == "main":

@@ -84,6 +84,18 @@ def test_a_bad_trial_value_fails_before_any_work(tmp_path):
         sw.stage_config(sweep, "pretrain", sweep.params[0].overrides(9), cli, [])
 
 
+def test_multi_process_trainers_are_refused_before_any_work(tmp_path, capsys):
+    """Lightning's DDP launcher re-runs the command in each extra rank: a sweep would run again there."""
+    sweep_file = _write(tmp_path, BASE)
+    for args in (["trainer.devices=2", "trainer.strategy=ddp"], ["pretrain.trainer.devices=-1"],
+                 ["trainer.num_nodes=2"]):
+        assert sw.main([f"sweep={sweep_file}", f"sweep.out={tmp_path}/out", *args]) == 2
+        assert "sweep.workers" in capsys.readouterr().err
+        assert not (tmp_path / "out" / "study.db").exists()
+    sw.single_process(sw.stage_config(sw.load_sweep(sweep_file), "pretrain", {}, {s: [] for s in (*sw.STAGES, "all")},
+                                      ["trainer.devices=[0]"]))  # one device, named: fine
+
+
 class FakeRunner:
     """Stands in for pretraining + VQA: the value is a function of the parameter."""
 

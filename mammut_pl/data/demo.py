@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -795,6 +796,23 @@ def _is_ours(out: Path) -> bool:
 
 
 def write_demo(out: str | Path, seed: int = 0, tiny: bool = False, force: bool = False) -> Path:
+    """Write the demo world to `out` (see `_write_demo`). Safe to call from several processes at once
+    (DDP ranks, sweep workers): one writes while the others wait on a lock of the parent folder, then
+    reuse its world."""
+    out = Path(out)
+    if not force and _manifest_matches(out, seed, tiny):
+        print(f"demo data already at {out}")
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out.parent, os.O_RDONLY)  # a folder can be locked: no lock file is left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when closed, or when the process dies
+        return _write_demo(out, seed, tiny, force)
+    finally:
+        os.close(fd)
+
+
+def _write_demo(out: str | Path, seed: int = 0, tiny: bool = False, force: bool = False) -> Path:
     """Write the demo world to `out` (cached: returns at once if a finished world with the same seed,
     tiny flag and version is there). Another demo world in `out` is replaced; a folder that is not a demo
     world is only replaced with `force=True`."""

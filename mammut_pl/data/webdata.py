@@ -27,6 +27,7 @@ from typing import Any
 
 import braceexpand
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
@@ -146,8 +147,11 @@ class WebPairStream(IterableDataset):
 
     def __init__(self, urls: list[str], transform, batcher, batch_size: int, shuffle_buffer: int, seed: int,
                  resampled: bool = False, batches_per_epoch: int = 0, epoch: int = 0,
-                 start: dict[str, Any] | None = None) -> None:
+                 start: dict[str, Any] | None = None, rank: int | None = None, world: int | None = None) -> None:
         super().__init__()
+        # this rank, taken where the loader is built: a DataLoader worker started by spawn or forkserver
+        # (not fork) has no process group, and would read every rank's shards
+        self.rank, self.world = (rank, world) if rank is not None and world is not None else _rank_world()
         self.urls, self.transform, self.batcher, self.batch_size = urls, transform, batcher, batch_size
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.resampled, self.batches_per_epoch = resampled, batches_per_epoch
@@ -159,7 +163,7 @@ class WebPairStream(IterableDataset):
         self.epoch += 1
         info = torch.utils.data.get_worker_info()
         num_workers, wid = (info.num_workers, info.id) if info is not None else (1, 0)
-        rank, world = _rank_world()
+        rank, world = self.rank, self.world
         resume = self.start if self.start is not None and self.start["epoch"] == epoch else None
         worker = (wid + (resume["rotation"] if resume else 0)) % num_workers
         index, batches = (resume["pos"].get(worker, (0, 0)) if resume else (0, 0))
@@ -254,6 +258,15 @@ class WebDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         transform = image_transform(self.image_size, True, self.augment, self.crop_scale_min)
+        world = _rank_world()[1]
+        if world > 1 and not self.resampled:
+            if len(self.urls) < world:
+                raise ValueError(f"data.shards: {len(self.urls)} shard(s) for {world} ranks: a rank without a shard "
+                                 "would wait for the others forever; use data.resampled=true data.steps_per_epoch=N")
+            rank_zero_warn(f"{world} ranks read disjoint shards (each sample once per epoch); ranks that get "
+                           "fewer samples end their epoch first and DDP waits for them forever. Unless every "
+                           "rank's shards hold the same number of samples, use data.resampled=true "
+                           "data.steps_per_epoch=N (every rank then trains N steps per epoch)")
         epoch = lightning_epoch(self)
         start = self._resume
         if start is not None and epoch is not None and start["epoch"] != epoch:

@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from mammut_pl.losses import CaptionLoss, build_contrastive_loss
+from mammut_pl.losses import CaptionLoss, build_contrastive_loss, global_batch_mean
 from mammut_pl.metrics.retrieval import RetrievalRecall
 from mammut_pl.tasks.base import MaMMUTTask
 
@@ -35,10 +35,11 @@ class PretrainTask(MaMMUTTask):
                 out["image_embed"], out["text_embed"], out["logit_scale"], out["logit_bias"])
             total = total + w_con * losses["contrastive_loss"]
         if w_cap > 0:
-            # = self.caption_loss on the full (B, T, V) logits
-            losses["caption_loss"] = F.cross_entropy(
-                out["caption_logits"].float(), out["caption_targets"],
-                label_smoothing=self.caption_loss.label_smoothing)
+            # = self.caption_loss on the full (B, T, V) logits; under DDP, the mean over the
+            # caption tokens of the global batch (ranks hold different numbers of tokens)
+            losses["caption_loss"] = global_batch_mean(F.cross_entropy(
+                out["caption_logits"].float(), out["caption_targets"], reduction="sum",
+                label_smoothing=self.caption_loss.label_smoothing), out["caption_targets"].numel())
             total = total + w_cap * losses["caption_loss"]
         losses["loss"] = total
         losses["logit_scale"] = out["logit_scale"].detach()
@@ -47,11 +48,12 @@ class PretrainTask(MaMMUTTask):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         losses = self.losses(batch["images"], batch["tokens"])
         B = batch["images"].shape[0]
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=B)
-        if "skipped" in batch:  # web samples skipped by the reader, running total
+        for name, value in losses.items():  # sync_dist: under DDP, the global batch's value (mean over ranks)
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=B, sync_dist=True)
+        if "skipped" in batch:  # web samples skipped by the reader, running total (of all ranks)
             self._skipped_total += int(batch["skipped"])
-            self.log("train/skipped_samples", float(self._skipped_total), batch_size=B)
+            self.log("train/skipped_samples", float(self._skipped_total), batch_size=B, sync_dist=True,
+                     reduce_fx="sum")
         return self.check_finite(losses["loss"])
 
     def _retrieval_step(self, batch: dict[str, Any], metric: RetrievalRecall, stage: str) -> None:
