@@ -13,7 +13,7 @@ cmd=${1:?usage: $0 start|stop DIR}
 dir=${2:?usage: $0 start|stop DIR}
 say() { echo "ci_postgres: $*" >&2; }
 
-find_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+find_bin() { { ls -d "${MAMMUT_PG_LIB:-/usr/lib/postgresql}"/*/bin 2>/dev/null || true; } | sort -V | tail -n 1; }
 
 as_owner() {  # initdb and postgres refuse to run as root: use the postgres account then
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -48,7 +48,7 @@ start)
         -o "-c listen_addresses=127.0.0.1 -p $port -k $dir" start >&2 \
         || { cat "$dir/server.log" >&2; exit 1; }
     as_owner "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres mammut_test
-    say "PostgreSQL $("$bin/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port (data in $dir)"
+    say "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (data in $dir)"
     echo "postgresql://postgres@127.0.0.1:$port/mammut_test"
     ;;
 stop)
