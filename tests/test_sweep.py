@@ -146,8 +146,9 @@ def test_results_table_and_markdown(tmp_path):
     sweep = sw.load_sweep(_write(tmp_path, BASE))
     study = optuna.create_study(directions=sweep.directions)
     for m in (1, 2):
+        study.enqueue_trial({"model.num_cross_attn": m})  # fixed values: the sampler would pick at random
         t = study.ask()
-        t.suggest_categorical("model.num_cross_attn", [1, 2])
+        assert t.suggest_categorical("model.num_cross_attn", [1, 2]) == m
         t.set_user_attr("metrics", {"pretrain/test/i2t_R@1": 10.0 * m})
         study.tell(t, 10.0 * m)
     df = sw.results_table(study, sweep)
