@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mammut_pl.model.config import MaMMUTConfig
+from mammut_pl.model.video_config import VideoConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -109,6 +110,23 @@ class EvalConfig:
 
 
 @dataclass
+class VideoSettings(VideoConfig):
+    """`video.*`: the encoder's switches (VideoConfig) and what a clip is (MSRVTT datamodule)."""
+
+    num_frames: int = 16  # T frames per clip
+    fps: float = 8.0  # sampled at this rate (a window of T / fps seconds); 0 = spread over the whole video
+    sampling: str = "random"  # training: random window start + random point per segment; "uniform": centres
+    video_dir: str = "videos"  # video{id}.mp4/.avi/.webm, relative to data.root
+    answer_vocab_size: int = 1000  # VideoQA: top-K training answers; answers outside count as wrong
+    captions_file: str = "MSRVTT_data.json"  # or train_val_videodatainfo.json
+    retrieval_csv: str = "MSRVTT_JSFUSION_test.csv"  # 1k-A test split (text -> video retrieval)
+
+    def encoder(self) -> VideoConfig:
+        names = {f.name for f in dataclasses.fields(VideoConfig)}
+        return VideoConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+@dataclass
 class Config:
     experiment: str = ""
     task: str = "pretrain"  # pretrain | captioning | vqa
@@ -124,10 +142,11 @@ class Config:
     trainer: dict[str, Any] = field(default_factory=dict)  # passed to lightning.Trainer
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    video: VideoSettings = field(default_factory=VideoSettings)
 
 
-TASKS = ("pretrain", "captioning", "vqa")
-DATAMODULES = ("webdata", "coco", "vqav2")
+TASKS = ("pretrain", "captioning", "vqa", "video_qa", "video_captioning")
+DATAMODULES = ("webdata", "coco", "vqav2", "msrvtt")
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_steps": 1000, "accelerator": "auto", "devices": 1, "precision": "32-true",
     "log_every_n_steps": 10, "val_check_interval": None, "check_val_every_n_epoch": 1,
@@ -258,7 +277,24 @@ def validate(cfg: Config) -> None:
     need("{question}" in cfg.data.vqa_prompt, "data.vqa_prompt", "must contain {question}")
     if cfg.task == "vqa":
         need(cfg.data.name == "vqav2", "data.name", "task=vqa reads data.name=vqav2")
+    if cfg.task.startswith("video_") or cfg.data.name == "msrvtt":
+        _validate_video(cfg, need)
     _validate_trainer(cfg.trainer)
+
+
+def _validate_video(cfg: Config, need: Any) -> None:
+    v = cfg.video
+    need(cfg.task.startswith("video_") and cfg.data.name == "msrvtt", "data.name",
+         f"task={cfg.task} with data.name={cfg.data.name}: video tasks (video_qa, video_captioning) read data.name=msrvtt")
+    need(v.num_frames >= 1, "video.num_frames", "must be >= 1")
+    need(v.fps >= 0, "video.fps", "must be >= 0 (0 = spread the frames over the whole video)")
+    need(v.sampling in ("uniform", "random"), "video.sampling", "expected uniform or random")
+    need(v.answer_vocab_size >= 1, "video.answer_vocab_size", "must be >= 1")
+    patch = (cfg.model.encoder_kwargs or {}).get("patch_size")
+    try:
+        v.check_clip(v.num_frames, cfg.model.image_size, patch or 16)
+    except ValueError as err:
+        raise ConfigError(f"`video`: {err}") from None
 
 
 def _validate_trainer(trainer: dict[str, Any]) -> None:

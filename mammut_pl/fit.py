@@ -68,6 +68,16 @@ def build_datamodule(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule
                                val_split=d.val_split, test_split=d.test_split, predict_split=d.predict_split,
                                prompt=d.vqa_prompt, max_answer_tokens=d.max_answer_tokens,
                                max_eval_questions=d.max_eval_questions, **common)
+    if d.name == "msrvtt":
+        from mammut_pl.data.msrvtt import MSRVTTDataModule
+
+        v = cfg.video
+        return MSRVTTDataModule(d.root, task="qa" if cfg.task == "video_qa" else "caption",
+                                eval_batch_size=d.eval_batch_size, num_frames=v.num_frames, fps=v.fps,
+                                sampling=v.sampling, video_dir=v.video_dir, answer_vocab_size=v.answer_vocab_size,
+                                prompt=d.vqa_prompt, max_answer_tokens=d.max_answer_tokens,
+                                max_eval_questions=d.max_eval_questions, captions_file=v.captions_file,
+                                retrieval_csv=v.retrieval_csv, **common)
     if d.name == "webdata":
         from mammut_pl.data.coco import CocoCaptionsDataModule
         from mammut_pl.data.webdata import WebDataModule
@@ -129,7 +139,8 @@ def callbacks(cfg: Config, run_dir: Path, has_val: bool) -> list[Callback]:
     return cbs
 
 
-MONITOR = {"pretrain": ("val/mean_R", "max"), "captioning": ("val/CIDEr", "max"), "vqa": ("val/vqa_accuracy", "max")}
+MONITOR = {"pretrain": ("val/mean_R", "max"), "captioning": ("val/CIDEr", "max"), "vqa": ("val/vqa_accuracy", "max"),
+           "video_qa": ("val/accuracy", "max"), "video_captioning": ("val/CIDEr", "max")}
 
 
 # --- the run -------------------------------------------------------------------------------

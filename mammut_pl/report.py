@@ -55,6 +55,9 @@ def print_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, flo
         print("\ngenerated captions (greedy) vs references:")
         for generated, refs in example_captions(task, datamodule, cfg.eval.num_examples, cfg.eval.max_new_tokens):
             print(f"  generated: {generated!r}\n  reference: {refs[0]!r}")
+    if hasattr(task, "report_lines"):  # tasks that print their own scores (video)
+        for text in task.report_lines(metrics, datamodule):
+            print(text)
     print(f"\ncheckpoints: {run_dir / 'checkpoints'}")
     if logger is not None:
         print(f"MLflow run {logger.run_id} in {tracking_uri(cfg)}")

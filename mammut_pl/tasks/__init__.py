@@ -2,8 +2,10 @@
 
 from mammut_pl.tasks.captioning import CaptioningTask
 from mammut_pl.tasks.pretrain import PretrainTask
+from mammut_pl.tasks.video import VideoCaptioningTask, VideoQATask
 from mammut_pl.tasks.vqa import VQATask
 
-TASKS = {"pretrain": PretrainTask, "captioning": CaptioningTask, "vqa": VQATask}
+TASKS = {"pretrain": PretrainTask, "captioning": CaptioningTask, "vqa": VQATask,
+         "video_qa": VideoQATask, "video_captioning": VideoCaptioningTask}
 
-__all__ = ["TASKS", "CaptioningTask", "PretrainTask", "VQATask"]
+__all__ = ["TASKS", "CaptioningTask", "PretrainTask", "VQATask", "VideoCaptioningTask", "VideoQATask"]

@@ -50,11 +50,14 @@ class MaMMUTTask(L.LightningModule):
         self.save_hyperparameters({"cfg": cfg}, logger=False)
         self.cfg: Config = from_dict(cfg)
         self.tokenizer = tokenizer
-        self.model = MaMMUT(self.cfg.model.architecture())
+        self.model = self.build_model()
         if self.cfg.model.init_from:
             self.init_from(self.cfg.model.init_from)
         if self.cfg.model.compile:
             self.model.compile()  # in place: state_dict keys (and checkpoints) stay the same
+
+    def build_model(self) -> MaMMUT:
+        return MaMMUT(self.cfg.model.architecture())
 
     def init_from(self, path: str) -> None:
         state = load_weights(path)

@@ -1,0 +1,504 @@
+"""MSR-VTT in its published layouts: videos, MSRVTT-QA, captions and the 1k-A retrieval split.
+
+    ROOT/VIDEO_DIR/video{id}.mp4 (or .avi / .webm)          VIDEO_DIR: video.video_dir, "videos"
+    ROOT/{train,val,test}_qa.json                           MSRVTT-QA (Xu et al. 2017):
+        [{"question", "answer", "video_id": 0, "id": 0, "category_id": ...}, ...]
+    ROOT/MSRVTT_data.json (or train_val_videodatainfo.json) captions:
+        {"videos": [{"video_id": "video0", "split": "train|validate|test", ...}],
+         "sentences": [{"video_id": "video0", "caption": "...", "sen_id": 0}]}
+    ROOT/MSRVTT_JSFUSION_test.csv                           1k-A test: key,vid_key,video_id,sentence
+
+Clips: T frames (video.num_frames) sampled at video.fps (0 = spread over the whole video),
+"uniform" (segment centres; evaluation always) or "random" (a random window start and a
+random point in each segment; training), decoded with PyAV in the DataLoader workers,
+resized / cropped on the fly (the same crop for every frame of a clip).
+
+A video that cannot be decoded (broken, truncated, garbage, no video stream, no frame) is
+skipped and counted: training batches carry `skipped` (logged as train/skipped_samples);
+evaluation counts its questions as wrong. Never a crash, never a silent zero tensor.
+Questions (VideoQA) are generated answers: the prompt is `data.vqa_prompt`; the answer
+vocabulary is the top-K training answers (video.answer_vocab_size), training keeps the
+questions whose answer is in it, evaluation counts the others as wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from mammut_pl.data.coco import field, read_json
+from mammut_pl.data.tokenizer import Tokenizer
+from mammut_pl.data.transforms import MEAN, STD
+from mammut_pl.data.vqav2 import DEFAULT_PROMPT, VQACollator
+from mammut_pl.metrics.vqa import normalize_answer
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm")
+QA_FILES = {"train": "train_qa.json", "val": "val_qa.json", "test": "test_qa.json"}
+CAPTION_SPLITS = {"train": "train", "val": "validate", "test": "test"}  # our name -> MSRVTT's
+
+
+class VideoError(ValueError):
+    """A video file that cannot be decoded into frames (names the file)."""
+
+
+# --- records ---------------------------------------------------------------------------------------
+@dataclass
+class VideoQuestion:
+    question_id: int
+    video_id: str  # "video123"
+    path: str
+    question: str
+    answer: str
+
+
+@dataclass
+class CaptionedVideo:
+    video_id: str
+    path: str
+    captions: list[str]
+    retrieval_text: str = ""  # the 1k-A sentence ("" = not in the retrieval split)
+
+    @property
+    def index(self) -> int:
+        return video_index(self.video_id)
+
+
+def video_key(value: Any, where: str) -> str:
+    """MSRVTT-QA has integer ids (0), the caption files strings ("video0"): both -> "video0"."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: field 'video_id' should be an int or 'video<N>', got {value!r}")
+    if isinstance(value, int) and value >= 0:
+        return f"video{value}"
+    if isinstance(value, str) and value.startswith("video") and value[5:].isdigit():
+        return value
+    raise ValueError(f"{where}: field 'video_id' should be an int or 'video<N>', got {value!r:.60}")
+
+
+def video_index(key: str) -> int:
+    return int(key[5:])
+
+
+def find_video(folder: Path, key: str) -> Path | None:
+    for ext in VIDEO_EXTENSIONS:
+        p = folder / f"{key}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _video_path(folder: Path, key: str, where: str) -> str:
+    p = find_video(folder, key)
+    if p is None:
+        raise FileNotFoundError(f"{where}: video {key} not found: expected {folder}/{key}"
+                                f"{{{','.join(VIDEO_EXTENSIONS)}}}")
+    return str(p)
+
+
+def read_msrvtt_qa(root: str | Path, split: str, video_dir: str = "videos") -> list[VideoQuestion]:
+    """One MSRVTT-QA split; errors name the file, the record (`[i]`) and the field."""
+    root = Path(root)
+    if split not in QA_FILES:
+        raise ValueError(f"MSRVTT-QA split {split!r}: expected one of {', '.join(QA_FILES)}")
+    path = root / QA_FILES[split]
+    data = read_json(path, f"MSRVTT-QA {split} file")
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of questions, got {type(data).__name__}")
+    out, seen = [], set()
+    for i, rec in enumerate(data):
+        where = f"{path}: [{i}]"
+        qid = field(rec, "id", int, where)
+        if qid in seen:
+            raise ValueError(f"{where}: duplicate id {qid}")
+        seen.add(qid)
+        key = video_key(field(rec, "video_id", (int, str), where), where)
+        question = field(rec, "question", str, where).strip()
+        answer = field(rec, "answer", str, where).strip()
+        if not question:
+            raise ValueError(f"{where}: field 'question' is empty")
+        if not answer:
+            raise ValueError(f"{where}: field 'answer' is empty")
+        out.append(VideoQuestion(qid, key, _video_path(root / video_dir, key, where), question, answer))
+    if not out:
+        raise ValueError(f"{path}: no questions")
+    return out
+
+
+def read_msrvtt_captions(path: str | Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """MSRVTT_data.json-style file -> ({video_id: split}, {video_id: [captions]})."""
+    path = Path(path)
+    data = read_json(path, "MSRVTT captions file (MSRVTT_data.json / train_val_videodatainfo.json)")
+    splits: dict[str, str] = {}
+    for i, rec in enumerate(field(data, "videos", list, str(path))):
+        where = f"{path}: videos[{i}]"
+        splits[video_key(field(rec, "video_id", (int, str), where), where)] = field(rec, "split", str, where)
+    captions: dict[str, list[str]] = {}
+    for i, rec in enumerate(field(data, "sentences", list, str(path))):
+        where = f"{path}: sentences[{i}]"
+        key = video_key(field(rec, "video_id", (int, str), where), where)
+        if key not in splits:
+            raise ValueError(f"{where}: video_id {key!r} is not listed in 'videos'")
+        caption = field(rec, "caption", str, where).strip()
+        if caption:
+            captions.setdefault(key, []).append(caption)
+    return splits, captions
+
+
+def read_retrieval_csv(path: str | Path) -> list[tuple[str, str]]:
+    """The 1k-A split (JSFusion): rows key,vid_key,video_id,sentence -> [(video_id, sentence)]."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MSRVTT 1k-A retrieval split not found: expected {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"video_id", "sentence"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: header lacks column(s) {sorted(missing)} (expected key,vid_key,video_id,sentence)")
+        rows = []
+        for i, row in enumerate(reader):
+            where = f"{path}: row {i + 2}"
+            rows.append((video_key(row["video_id"], where), (row["sentence"] or "").strip()))
+            if not rows[-1][1]:
+                raise ValueError(f"{where}: column 'sentence' is empty")
+    return rows
+
+
+def answer_vocabulary(questions: list[VideoQuestion], k: int) -> list[str]:
+    """The K most frequent normalised training answers (ties: alphabetical)."""
+    counts = Counter(normalize_answer(q.answer) for q in questions)
+    return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+# --- decoding --------------------------------------------------------------------------------------
+def sample_times(duration: float, num_frames: int, fps: float, random: bool,
+                 generator: torch.Generator | None = None) -> list[float]:
+    """Timestamps (s) of T frames: a window of T / fps seconds (the whole video if fps = 0 or the
+    video is shorter), centred (uniform) or at a random start (random), T equal segments,
+    each segment's centre (uniform) or a random point in it (random)."""
+    window = duration if fps <= 0 else min(duration, num_frames / fps)
+    u = torch.rand(num_frames + 1, generator=generator).tolist() if random else [0.5] * (num_frames + 1)
+    start = (duration - window) * u[-1]
+    seg = window / num_frames
+    return [start + (i + u[i]) * seg for i in range(num_frames)]
+
+
+def read_video(path: str, num_frames: int, fps: float = 0.0, random: bool = False,
+               generator: torch.Generator | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames nearest to `sample_times`; raises VideoError naming the file."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"cannot decode video {path}: no video stream")
+            stream = container.streams.video[0]
+            duration = None
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration:
+                duration = container.duration / av.time_base
+            rate = float(stream.average_rate or stream.guessed_rate or 25)
+            if not duration or duration <= 0:  # unknown length: decode everything first
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+                if not frames:
+                    raise VideoError(f"cannot decode video {path}: no frames")
+                times = sample_times(len(frames) / rate, num_frames, fps, random, generator)
+                return np.stack([frames[min(len(frames) - 1, int(t * rate))] for t in times])
+            targets = sample_times(duration, num_frames, fps, random, generator)
+            order = sorted(range(num_frames), key=lambda i: targets[i])
+            out: list[np.ndarray | None] = [None] * num_frames
+            k, prev, prev_t, n = 0, None, 0.0, 0
+            cache: dict[int, np.ndarray] = {}
+
+            def pixels(frame) -> np.ndarray:
+                if id(frame) not in cache:
+                    cache.clear()  # frames arrive in order: only the latest two are ever reused
+                    cache[id(frame)] = frame.to_ndarray(format="rgb24")
+                return cache[id(frame)]
+
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else n / rate
+                n += 1
+                while k < num_frames and t >= targets[order[k]]:
+                    tau = targets[order[k]]
+                    pick = prev if prev is not None and tau - prev_t <= t - tau else frame
+                    out[order[k]] = pixels(pick)
+                    k += 1
+                if k == num_frames:
+                    break
+                prev, prev_t = frame, t
+            if prev is None and k == 0:
+                raise VideoError(f"cannot decode video {path}: no frames")
+            if k < num_frames:  # targets after the last frame
+                if duration - prev_t > max(1.0, 0.25 * duration):
+                    raise VideoError(f"cannot decode video {path}: truncated (frames end at {prev_t:.2f} s "
+                                     f"of {duration:.2f} s)")
+                last = pixels(prev)
+                for i in order[k:]:
+                    out[i] = last
+            return np.stack(out)  # type: ignore[arg-type]
+    except VideoError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, IndexError, RuntimeError, MemoryError) as err:
+        raise VideoError(f"cannot decode video {path}: {err}") from None
+
+
+class ClipTransform:
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) float, CLIP-normalised. Training with augment:
+    one random resized crop for the whole clip; otherwise resize the short side + centre crop."""
+
+    def __init__(self, size: int, train: bool, augment: bool = True, crop_scale_min: float = 0.8) -> None:
+        self.size, self.random = size, train and augment
+        self.scale_min = crop_scale_min
+        self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD).view(1, 3, 1, 1)
+
+    def crop_box(self, h: int, w: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+        if not self.random:
+            s = min(h, w)
+            return (h - s) // 2, (w - s) // 2, s, s
+        r = torch.rand(4, generator=generator).tolist()
+        area = h * w * (self.scale_min + (1 - self.scale_min) * r[0])
+        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * r[1])
+        cw = min(w, max(1, round(math.sqrt(area * ratio))))
+        ch = min(h, max(1, round(math.sqrt(area / ratio))))
+        return int((h - ch) * r[2]), int((w - cw) * r[3]), ch, cw
+
+    def __call__(self, frames: np.ndarray, generator: torch.Generator | None = None) -> Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
+        top, left, ch, cw = self.crop_box(x.shape[2], x.shape[3], generator)
+        x = x[:, :, top: top + ch, left: left + cw]
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                              antialias=True).clamp(0, 1)
+        return (x - self.mean) / self.std
+
+
+# --- datasets and collation ------------------------------------------------------------------------
+class _Clips(Dataset):
+    def __init__(self, transform: ClipTransform, num_frames: int, fps: float, random: bool) -> None:
+        self.transform, self.num_frames, self.fps, self.random = transform, num_frames, fps, random
+
+    def clip(self, path: str) -> Tensor | None:
+        """The clip, or None (logged) when the video cannot be decoded: the collator counts it."""
+        try:
+            return self.transform(read_video(path, self.num_frames, self.fps, self.random))
+        except VideoError as err:
+            log.warning("skipping: %s", err)
+            return None
+
+
+class QAClips(_Clips):
+    def __init__(self, questions: list[VideoQuestion], *args: Any) -> None:
+        super().__init__(*args)
+        self.questions = questions
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        q = self.questions[i]
+        return {"image": self.clip(q.path), "question": q.question, "target": q.answer, "answers": [q.answer],
+                "answer_type": "", "question_id": q.question_id}
+
+
+class CaptionClips(_Clips):
+    """Training: one (clip, caption) pair per caption."""
+
+    def __init__(self, videos: list[CaptionedVideo], *args: Any) -> None:
+        super().__init__(*args)
+        self.pairs = [(v, c) for v in videos for c in v.captions]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        v, caption = self.pairs[i]
+        return {"image": self.clip(v.path), "caption": caption, "image_id": v.index}
+
+
+class EvalVideos(_Clips):
+    """Evaluation: one clip with all its reference captions (and its 1k-A sentence, if any)."""
+
+    def __init__(self, videos: list[CaptionedVideo], *args: Any) -> None:
+        super().__init__(*args)
+        self.videos = videos
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        v = self.videos[i]
+        return {"image": self.clip(v.path), "image_id": v.index, "captions": v.captions,
+                "retrieval_text": v.retrieval_text}
+
+
+def _split_broken(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return [it for it in items if it["image"] is not None], [it for it in items if it["image"] is None]
+
+
+class VideoQACollator(VQACollator):
+    """VQACollator's prompt/answer layout over the decodable clips; `skipped` counts the others,
+    whose questions and answers are kept (`skipped_questions`, `skipped_answers`) for scoring."""
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        good, broken = _split_broken(items)
+        batch = super().__call__(good) if good else {"images": torch.empty(0)}
+        batch["skipped"] = len(broken)
+        batch["skipped_questions"] = [it["question"] for it in broken]
+        batch["skipped_answers"] = [it["target"] for it in broken]
+        return batch
+
+
+class CaptionCollator:
+    def __init__(self, tokenizer: Tokenizer, context_length: int, eval: bool = False) -> None:
+        self.tokenizer, self.context_length, self.eval = tokenizer, context_length, eval
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        good, broken = _split_broken(items)
+        tok = lambda texts: self.tokenizer(texts, self.context_length, pad_to_longest=True)  # noqa: E731
+        batch: dict[str, Any] = {"skipped": len(broken), "skipped_ids": [it["image_id"] for it in broken]}
+        if not good:
+            return {**batch, "images": torch.empty(0)}
+        batch["images"] = torch.stack([it["image"] for it in good])
+        batch["image_ids"] = torch.tensor([it["image_id"] for it in good])
+        if not self.eval:
+            batch["tokens"] = tok([it["caption"] for it in good])
+            return batch
+        batch["captions"] = [it["captions"] for it in good]
+        batch["tokens"] = tok([c for it in good for c in it["captions"]])
+        ret = [it for it in good if it["retrieval_text"]]
+        batch["retrieval_tokens"] = tok([it["retrieval_text"] for it in ret]) if ret else None
+        batch["retrieval_ids"] = torch.tensor([it["image_id"] for it in ret], dtype=torch.long)
+        return batch
+
+
+# --- the datamodule ---------------------------------------------------------------------------------
+class MSRVTTDataModule(L.LightningDataModule):
+    """task="qa": MSRVTT-QA (train/val/test_qa.json); task="caption": captions of MSRVTT_data.json
+    by its `split` field (train / validate / test), the test videos also scored for text -> video
+    retrieval on the 1k-A sentences when the CSV is there."""
+
+    def __init__(self, root: str, tokenizer: Tokenizer, image_size: int, context_length: int, task: str = "qa",
+                 batch_size: int = 32, eval_batch_size: int = 64, num_workers: int = 2, num_frames: int = 16,
+                 fps: float = 0.0, sampling: str = "random", video_dir: str = "videos",
+                 answer_vocab_size: int = 1000, prompt: str = DEFAULT_PROMPT, max_answer_tokens: int = 8,
+                 max_eval_questions: int = 0, captions_file: str = "MSRVTT_data.json",
+                 retrieval_csv: str = "MSRVTT_JSFUSION_test.csv", augment: bool = True,
+                 crop_scale_min: float = 0.8) -> None:
+        super().__init__()
+        self.root, self.tokenizer, self.task = Path(root), tokenizer, task
+        if task not in ("qa", "caption"):
+            raise ValueError(f"MSRVTTDataModule task={task!r}: expected 'qa' or 'caption'")
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root: MSRVTT folder not found: {self.root} (expected {video_dir}/, "
+                                    "{train,val,test}_qa.json and/or MSRVTT_data.json)")
+        self.image_size, self.context_length = image_size, context_length
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.num_frames, self.fps, self.sampling = num_frames, fps, sampling
+        self.video_dir, self.answer_vocab_size = video_dir, answer_vocab_size
+        self.max_eval_questions, self.captions_file, self.retrieval_csv = max_eval_questions, captions_file, retrieval_csv
+        self.augment, self.crop_scale_min = augment, crop_scale_min
+        self.val_split, self.test_split = "val", "test"
+        self.qa_collate = VideoQACollator(tokenizer, context_length, prompt, max_answer_tokens)
+        self._qa: dict[str, list[VideoQuestion]] = {}
+        self._captions: dict[str, list[CaptionedVideo]] | None = None
+        self._vocab: list[str] | None = None
+
+    # --- records ---
+    def questions(self, split: str) -> list[VideoQuestion]:
+        if split not in self._qa:
+            self._qa[split] = read_msrvtt_qa(self.root, split, self.video_dir)
+        return self._qa[split]
+
+    def answer_vocabulary(self) -> list[str]:
+        if self._vocab is None:
+            self._vocab = answer_vocabulary(self.questions("train"), self.answer_vocab_size)
+        return self._vocab
+
+    def train_questions(self) -> list[VideoQuestion]:
+        vocab = set(self.answer_vocabulary())
+        kept = [q for q in self.questions("train") if normalize_answer(q.answer) in vocab]
+        if len(kept) < len(self.questions("train")):
+            log.info("MSRVTT-QA train: %d of %d questions have an answer in the top-%d vocabulary",
+                     len(kept), len(self.questions("train")), self.answer_vocab_size)
+        return kept
+
+    def majority_answer(self) -> str:
+        return self.answer_vocabulary()[0]
+
+    def eval_questions(self, split: str) -> list[VideoQuestion]:
+        qs = self.questions(split)
+        return qs[: self.max_eval_questions] if self.max_eval_questions else qs
+
+    def videos(self, split: str) -> list[CaptionedVideo]:
+        """Captioned videos of one split (train / val / test)."""
+        if self._captions is None:
+            splits, captions = read_msrvtt_captions(self.root / self.captions_file)
+            retrieval: dict[str, str] = {}
+            csv_path = self.root / self.retrieval_csv
+            if self.retrieval_csv and csv_path.is_file():
+                retrieval = dict(read_retrieval_csv(csv_path))
+            folder = self.root / self.video_dir
+            by_split: dict[str, list[CaptionedVideo]] = {k: [] for k in CAPTION_SPLITS}
+            ours = {v: k for k, v in CAPTION_SPLITS.items()}
+            for key, split_name in splits.items():
+                name = "test" if key in retrieval else ours.get(split_name)
+                if name is None or not captions.get(key):
+                    continue
+                where = f"{self.root / self.captions_file}: {key}"
+                by_split[name].append(CaptionedVideo(key, _video_path(folder, key, where), captions[key],
+                                                     retrieval.get(key, "")))
+            self._captions = {k: sorted(v, key=lambda x: x.index) for k, v in by_split.items()}
+        videos = self._captions[split]
+        if not videos:
+            raise ValueError(f"{self.root / self.captions_file}: no captioned video in split "
+                             f"{CAPTION_SPLITS[split]!r}")
+        if split != "train" and self.max_eval_questions:
+            return videos[: self.max_eval_questions]
+        return videos
+
+    # --- loaders ---
+    def _loader(self, dataset: Dataset, train: bool, collate) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+                          drop_last=train, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          collate_fn=collate)
+
+    def _clip_args(self, train: bool) -> tuple:
+        transform = ClipTransform(self.image_size, train, self.augment, self.crop_scale_min)
+        return transform, self.num_frames, self.fps, train and self.sampling == "random"
+
+    def _dataset(self, split: str, train: bool) -> tuple[Dataset, Any]:
+        if self.task == "qa":
+            qs = self.train_questions() if train else self.eval_questions(split)
+            return QAClips(qs, *self._clip_args(train)), self.qa_collate
+        if train:
+            return (CaptionClips(self.videos(split), *self._clip_args(True)),
+                    CaptionCollator(self.tokenizer, self.context_length))
+        return (EvalVideos(self.videos(split), *self._clip_args(False)),
+                CaptionCollator(self.tokenizer, self.context_length, eval=True))
+
+    def train_dataloader(self) -> DataLoader:
+        ds, collate = self._dataset("train", True)
+        return self._loader(ds, True, collate)
+
+    def val_dataloader(self) -> DataLoader:
+        ds, collate = self._dataset(self.val_split, False)
+        return self._loader(ds, False, collate)
+
+    def test_dataloader(self) -> DataLoader:
+        ds, collate = self._dataset(self.test_split, False)
+        return self._loader(ds, False, collate)

@@ -1,0 +1,211 @@
+"""Video tasks on MSR-VTT with the sparse-tube encoder (`mammut_pl.model.video`).
+
+- `VideoQATask` (task=video_qa, experiment=msrvtt_qa): MSRVTT-QA as open-ended generation,
+  exactly as VQA: the question is the decoder's prompt, the loss is on the answer tokens,
+  evaluation generates the answer and scores top-1 exact match after normalisation
+  (answers outside the top-K training vocabulary count as wrong), overall and per question
+  type, next to the majority-answer baseline.
+- `VideoCaptioningTask` (task=video_captioning, experiment=msrvtt_caption): caption loss
+  (+ the contrastive loss when loss.contrastive_weight > 0), BLEU / CIDEr as captioning
+  scores them, and at test text -> video retrieval R@1/5/10 on the 1k-A sentences.
+
+Clips that could not be decoded arrive as `batch["skipped"]`: counted (train/skipped_samples,
+{val,test}/skipped_videos); their questions count as wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from lightning.pytorch.loggers import MLFlowLogger
+from torch import Tensor
+
+from mammut_pl.losses import build_contrastive_loss
+from mammut_pl.metrics.retrieval import RetrievalRecall
+from mammut_pl.metrics.video_qa import QUESTION_TYPES, VideoQAAccuracy, exact_match
+from mammut_pl.model.video import VideoMaMMUT
+from mammut_pl.tasks.base import load_weights, write_results_json
+from mammut_pl.tasks.captioning import CaptioningTask
+from mammut_pl.tasks.vqa import VQATask, gather_results
+
+log = logging.getLogger(__name__)
+
+
+class VideoModel:
+    """Mixin: the model is a VideoMaMMUT; an image checkpoint's patch projection is inflated
+    into the tube projections (a video checkpoint's own tubes are kept)."""
+
+    def build_model(self) -> VideoMaMMUT:
+        return VideoMaMMUT(self.cfg.model.architecture(), self.cfg.video.encoder())
+
+    def init_from(self, path: str) -> None:
+        super().init_from(path)  # type: ignore[misc]
+        if not any(k.startswith("video.tubes.") for k in load_weights(path)):
+            self.model.inflate_tubes()
+            log.info("model.init_from=%s: an image checkpoint; tube projections inflated from its patch projection",
+                     path)
+
+    def count_skipped(self, batch: dict[str, Any], stage: str) -> None:
+        n = int(batch.get("skipped", 0))
+        if stage == "train":
+            self._skipped_train = getattr(self, "_skipped_train", 0) + n
+            self.log("train/skipped_samples", float(self._skipped_train), batch_size=max(1, len(batch["images"])))
+        elif n:
+            self.log(f"{stage}/skipped_videos", float(n), reduce_fx="sum", on_step=False, on_epoch=True,
+                     batch_size=1)
+
+
+class VideoQATask(VideoModel, VQATask):
+    def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
+        super().__init__(cfg, tokenizer)
+        self.val_accuracy = VideoQAAccuracy()
+        self.test_accuracy = VideoQAAccuracy()
+        self._vocab_set: set[str] | None = None
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "answer_vocabulary"):
+            vocab = set(dm.answer_vocabulary())
+            self.val_accuracy.vocabulary = self.test_accuracy.vocabulary = self._vocab_set = vocab
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        self.count_skipped(batch, "train")
+        if not len(batch["images"]):
+            return None
+        return super().training_step(batch, batch_idx)
+
+    def _eval_step(self, batch: dict[str, Any], metric: VideoQAAccuracy, stage: str) -> list[str]:
+        self.count_skipped(batch, stage)
+        if batch["skipped"]:  # not decodable: asked, not answered -> wrong
+            metric.update([""] * batch["skipped"], batch["skipped_answers"], batch["skipped_questions"])
+        if not len(batch["images"]):
+            return []
+        self.log(f"{stage}/answer_loss", self.answer_loss(batch["images"], batch["tokens"], batch["answer_mask"]),
+                 batch_size=len(batch["images"]), sync_dist=True)
+        predictions = self.answer(batch["images"], batch["prompt_tokens"])
+        metric.update(predictions, [a[0] for a in batch["answers"]], batch["questions"])
+        return predictions
+
+    def _keep(self, batch: dict[str, Any], predictions: list[str]) -> list[dict[str, Any]]:
+        if not predictions:
+            return []
+        return super()._keep(batch, predictions)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy(self.test_accuracy, "test")
+        results = gather_results(self.results)
+        if self.trainer.is_global_zero and results:
+            path = write_results_json(results, Path(self.trainer.default_root_dir) / "msrvtt_qa_test_results.json",
+                                      "question_id")
+            log.info("MSRVTT-QA answers (%d) written to %s", len(results), path)
+            if isinstance(self.logger, MLFlowLogger):
+                self.logger.experiment.log_artifact(self.logger.run_id, str(path))
+
+    def majority_baseline(self, stage: str) -> dict[str, float] | None:
+        """Accuracy of always answering the most frequent training answer, overall and per type."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "majority_answer"):
+            return None
+        if stage not in self._baselines:
+            split = dm.val_split if stage == "val" else dm.test_split
+            metric = VideoQAAccuracy(vocabulary=set(dm.answer_vocabulary()))
+            qs = dm.eval_questions(split)
+            metric.update([dm.majority_answer()] * len(qs), [q.answer for q in qs], [q.question for q in qs])
+            self._baselines[stage] = {k: float(v) for k, v in metric.compute().items()}
+        return self._baselines[stage]
+
+    def _log_accuracy(self, metric: VideoQAAccuracy, stage: str) -> None:
+        if not metric.update_called:
+            return
+        for name, value in metric.compute().items():
+            self.log(f"{stage}/{name}", value.float())
+        metric.reset()
+        baseline = self.majority_baseline(stage)
+        if baseline is not None:
+            self.log(f"{stage}/majority_baseline", baseline["accuracy"])
+
+    def report_lines(self, metrics: dict[str, float], datamodule: Any) -> list[str]:
+        if "test/accuracy" not in metrics:
+            return []
+        types = "  ".join(f"{t} {metrics[f'test/accuracy/{t}']:.1f}" for t in QUESTION_TYPES
+                          if f"test/accuracy/{t}" in metrics)
+        lines = [f"MSRVTT-QA accuracy (test, top-1 exact match): {metrics['test/accuracy']:.2f}   [{types}]"]
+        if "test/majority_baseline" in metrics:
+            lines.append(f"  majority-answer baseline ({datamodule.majority_answer()!r} for every question): "
+                         f"{metrics['test/majority_baseline']:.2f}")
+        if metrics.get("test/skipped_videos"):
+            lines.append(f"  {metrics['test/skipped_videos']:.0f} test videos could not be decoded (counted wrong)")
+        by_id = {q.question_id: q for q in datamodule.eval_questions(datamodule.test_split)}
+        rows = [r for r in self.results if r["question_id"] in by_id][: self.cfg.eval.num_examples]
+        if rows:
+            lines.append("questions, generated answers and the reference answer:")
+        for r in rows:
+            q = by_id[r["question_id"]]
+            ok = exact_match(r["answer"], q.answer, self._vocab_set)
+            lines.append(f"  {q.video_id:>10} {q.question!r:44} -> {r['answer']!r:10} ({q.answer!r}{', ok' if ok else ''})")
+        return lines
+
+
+class VideoCaptioningTask(VideoModel, CaptioningTask):
+    def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
+        super().__init__(cfg, tokenizer)
+        loss = self.cfg.loss
+        self.contrastive_loss = build_contrastive_loss(loss.contrastive, loss.focal_gamma)
+        self.test_retrieval = RetrievalRecall()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        self.count_skipped(batch, "train")
+        clips, tokens = batch["images"], batch["tokens"]
+        if not len(clips):
+            return None
+        w_con, w_cap = self.cfg.loss.contrastive_weight, self.cfg.loss.caption_weight
+        out = self.model(clips, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True)
+        B, total = len(clips), 0.0
+        if w_cap > 0:
+            cap = F.cross_entropy(out["caption_logits"].float(), out["caption_targets"],
+                                  label_smoothing=self.cfg.loss.label_smoothing)
+            self.log("train/caption_loss", cap, batch_size=B)
+            total = total + w_cap * cap
+        if w_con > 0:
+            con = self.contrastive_loss(out["image_embed"], out["text_embed"], out["logit_scale"], out["logit_bias"])
+            self.log("train/contrastive_loss", con, batch_size=B)
+            total = total + w_con * con
+        self.log("train/loss", total, prog_bar=True, batch_size=B)
+        return self.check_finite(total)
+
+    def _eval_step(self, batch: dict[str, Any], metric, stage: str) -> None:
+        self.count_skipped(batch, stage)
+        if len(batch["images"]):
+            super()._eval_step(batch, metric, stage)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        if len(batch["images"]) and batch.get("retrieval_tokens") is not None:
+            ids = batch["image_ids"]
+            video_embed = self.model.encode_image(batch["images"])
+            text_embed = self.model.encode_text(batch["retrieval_tokens"])
+            self.test_retrieval.update(video_embed, ids, text_embed, batch["retrieval_ids"], batch["retrieval_ids"])
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        if self.test_retrieval.update_called:
+            for name, value in self.test_retrieval.compute().items():
+                # the retrieval metric's image -> text / text -> image are video -> text / text -> video here
+                self.log(f"test/{name.replace('i2t', 'v2t').replace('t2i', 't2v')}", value)
+            self.test_retrieval.reset()
+
+    def report_lines(self, metrics: dict[str, float], datamodule: Any) -> list[str]:
+        from mammut_pl.report import caption_scores_line
+
+        lines = []
+        if "test/CIDEr" in metrics:
+            lines.append(caption_scores_line(self.cfg, metrics, "test", len(self.results)).replace("images", "videos"))
+        if "test/t2v_R@1" in metrics:
+            r = [metrics.get(f"test/t2v_R@{k}", float("nan")) for k in (1, 5, 10)]
+            lines.append(f"text -> video retrieval (1k-A sentences): R@1 {r[0]:5.1f}  R@5 {r[1]:5.1f}  R@10 {r[2]:5.1f}")
+        for r in self.results[: self.cfg.eval.num_examples]:
+            lines.append(f"  generated: {r['caption']!r}\n  reference: {r['references'][0]!r}")
+        return lines
