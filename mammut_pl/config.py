@@ -120,6 +120,7 @@ class VideoSettings(VideoConfig):
     answer_vocab_size: int = 1000  # VideoQA: top-K training answers; answers outside count as wrong
     captions_file: str = "MSRVTT_data.json"  # or train_val_videodatainfo.json
     retrieval_csv: str = "MSRVTT_JSFUSION_test.csv"  # 1k-A test split (text -> video retrieval)
+    cache_clips: bool = False  # keep every decoded frame in memory, per worker (small demo clips only)
 
     def encoder(self) -> VideoConfig:
         names = {f.name for f in dataclasses.fields(VideoConfig)}

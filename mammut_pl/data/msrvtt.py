@@ -256,6 +256,45 @@ def read_video(path: str, num_frames: int, fps: float = 0.0, random: bool = Fals
         raise VideoError(f"cannot decode video {path}: {err}") from None
 
 
+def decode_all(path: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Every frame of a (short) video: (N, H, W, 3) uint8, their times (N,) and the duration (s)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"cannot decode video {path}: no video stream")
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 25)
+            frames, times = [], []
+            for frame in container.decode(stream):
+                times.append(float(frame.time) if frame.time is not None else len(frames) / rate)
+                frames.append(frame.to_ndarray(format="rgb24"))
+            duration = None
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+    except VideoError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, IndexError, RuntimeError, MemoryError) as err:
+        raise VideoError(f"cannot decode video {path}: {err}") from None
+    if not frames:
+        raise VideoError(f"cannot decode video {path}: no frames")
+    end = times[-1] + 1 / rate
+    if duration and duration - times[-1] > max(1.0, 0.25 * duration):
+        raise VideoError(f"cannot decode video {path}: truncated (frames end at {times[-1]:.2f} s of {duration:.2f} s)")
+    return np.stack(frames), np.asarray(times), duration or end
+
+
+def pick_frames(frames: np.ndarray, times: np.ndarray, targets: list[float]) -> np.ndarray:
+    """The frame nearest to each target time (ties: the earlier frame), as `read_video` picks them."""
+    idx = np.searchsorted(times, targets, side="left")  # the first frame at or after the target
+    after = np.clip(idx, 0, len(times) - 1)
+    before = np.clip(idx - 1, 0, len(times) - 1)
+    t = np.asarray(targets)
+    use_before = (idx > 0) & (((t - times[before]) <= (times[after] - t)) | (idx >= len(times)))
+    return frames[np.where(use_before, before, after)]
+
+
 class ClipTransform:
     """(T, H, W, 3) uint8 -> (T, 3, size, size) float, CLIP-normalised. Training with augment:
     one random resized crop for the whole clip; otherwise resize the short side + centre crop."""
@@ -289,13 +328,31 @@ class ClipTransform:
 
 # --- datasets and collation ------------------------------------------------------------------------
 class _Clips(Dataset):
-    def __init__(self, transform: ClipTransform, num_frames: int, fps: float, random: bool) -> None:
+    def __init__(self, transform: ClipTransform, num_frames: int, fps: float, random: bool,
+                 cache: bool = False) -> None:
         self.transform, self.num_frames, self.fps, self.random = transform, num_frames, fps, random
+        # cache: every decoded frame of every video, per worker (small demo clips only: frames
+        # are then sampled from memory, the same frames `read_video` would pick)
+        self.cache: dict[str, tuple[np.ndarray, np.ndarray, float] | VideoError] | None = {} if cache else None
+
+    def frames(self, path: str) -> np.ndarray:
+        if self.cache is None:
+            return read_video(path, self.num_frames, self.fps, self.random)
+        if path not in self.cache:
+            try:
+                self.cache[path] = decode_all(path)
+            except VideoError as err:
+                self.cache[path] = err
+        entry = self.cache[path]
+        if isinstance(entry, VideoError):
+            raise entry
+        frames, times, duration = entry
+        return pick_frames(frames, times, sample_times(duration, self.num_frames, self.fps, self.random))
 
     def clip(self, path: str) -> Tensor | None:
         """The clip, or None (logged) when the video cannot be decoded: the collator counts it."""
         try:
-            return self.transform(read_video(path, self.num_frames, self.fps, self.random))
+            return self.transform(self.frames(path))
         except VideoError as err:
             log.warning("skipping: %s", err)
             return None
@@ -398,7 +455,7 @@ class MSRVTTDataModule(L.LightningDataModule):
                  answer_vocab_size: int = 1000, prompt: str = DEFAULT_PROMPT, max_answer_tokens: int = 8,
                  max_eval_questions: int = 0, captions_file: str = "MSRVTT_data.json",
                  retrieval_csv: str = "MSRVTT_JSFUSION_test.csv", augment: bool = True,
-                 crop_scale_min: float = 0.8) -> None:
+                 crop_scale_min: float = 0.8, cache_clips: bool = False) -> None:
         super().__init__()
         self.root, self.tokenizer, self.task = Path(root), tokenizer, task
         if task not in ("qa", "caption"):
@@ -411,7 +468,7 @@ class MSRVTTDataModule(L.LightningDataModule):
         self.num_frames, self.fps, self.sampling = num_frames, fps, sampling
         self.video_dir, self.answer_vocab_size = video_dir, answer_vocab_size
         self.max_eval_questions, self.captions_file, self.retrieval_csv = max_eval_questions, captions_file, retrieval_csv
-        self.augment, self.crop_scale_min = augment, crop_scale_min
+        self.augment, self.crop_scale_min, self.cache_clips = augment, crop_scale_min, cache_clips
         self.val_split, self.test_split = "val", "test"
         self.qa_collate = VideoQACollator(tokenizer, context_length, prompt, max_answer_tokens)
         self._qa: dict[str, list[VideoQuestion]] = {}
@@ -479,7 +536,7 @@ class MSRVTTDataModule(L.LightningDataModule):
 
     def _clip_args(self, train: bool) -> tuple:
         transform = ClipTransform(self.image_size, train, self.augment, self.crop_scale_min)
-        return transform, self.num_frames, self.fps, train and self.sampling == "random"
+        return transform, self.num_frames, self.fps, train and self.sampling == "random", self.cache_clips
 
     def _dataset(self, split: str, train: bool) -> tuple[Dataset, Any]:
         if self.task == "qa":
