@@ -212,11 +212,8 @@ def read_video(path: str, num_frames: int, fps: float = 0.0, random: bool = Fals
                 duration = container.duration / av.time_base
             rate = float(stream.average_rate or stream.guessed_rate or 25)
             if not duration or duration <= 0:  # unknown length: decode everything first
-                frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-                if not frames:
-                    raise VideoError(f"cannot decode video {path}: no frames")
-                times = sample_times(len(frames) / rate, num_frames, fps, random, generator)
-                return np.stack([frames[min(len(frames) - 1, int(t * rate))] for t in times])
+                frames, times, length = decode_all(path)
+                return pick_frames(frames, times, sample_times(length, num_frames, fps, random, generator))
             targets = sample_times(duration, num_frames, fps, random, generator)
             order = sorted(range(num_frames), key=lambda i: targets[i])
             out: list[np.ndarray | None] = [None] * num_frames
