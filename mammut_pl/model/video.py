@@ -220,10 +220,14 @@ class VideoMaMMUT(MaMMUT):
 
 
 def encoder_flops(model: VideoMaMMUT, clip: Tensor) -> int:
-    """FLOPs of the video encoder (tokenizer + ViT) for `clip`, by torch's FlopCounterMode."""
+    """FLOPs of the video encoder (tokenizer + ViT) for `clip`, by torch's FlopCounterMode.
+
+    Attention runs on SDPA's math backend here: the counter has no formula for the CPU flash
+    kernel and would leave the attention matmuls (quadratic in the tokens) out."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         model.image_tokens(clip)
     return int(counter.get_total_flops())
 
