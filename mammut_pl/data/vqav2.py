@@ -81,11 +81,18 @@ def read_vqav2(root: str | Path, split: str) -> list[VQAQuestion]:
         adata = read_json(apath, f"VQAv2 {split} annotations file")
         for i, ann in enumerate(field(adata, "annotations", list, str(apath))):
             qid = field(ann, "question_id", int, f"{apath}: annotations[{i}]")
-            anns[qid] = {"record": ann, "where": f"{apath}: annotations[{i}] (question_id {qid})"}
+            if qid in anns:
+                raise ValueError(f"{apath}: annotations[{i}]: field 'question_id': {qid} repeats {anns[qid]['index']}")
+            anns[qid] = {"record": ann, "where": f"{apath}: annotations[{i}] (question_id {qid})",
+                         "index": f"annotations[{i}]"}
     out: list[VQAQuestion] = []
+    seen: dict[int, int] = {}
     for i, rec in enumerate(questions):
         where = f"{qpath}: questions[{i}]"
         qid = field(rec, "question_id", int, where)
+        if qid in seen:
+            raise ValueError(f"{where}: field 'question_id': {qid} repeats questions[{seen[qid]}]")
+        seen[qid] = i
         image_id = field(rec, "image_id", int, where)
         text = field(rec, "question", str, where).strip()
         if not text:
@@ -94,9 +101,10 @@ def read_vqav2(root: str | Path, split: str) -> list[VQAQuestion]:
         if split in ANNOTATED:
             if qid not in anns:
                 raise ValueError(f"{where}: question_id {qid} has no annotation in {annotation_file(root, split)}")
-            ann, awhere = anns.pop(qid)["record"], f"{annotation_file(root, split)}: question_id {qid}"
+            found = anns.pop(qid)
+            ann, awhere = found["record"], found["where"]
             if field(ann, "image_id", int, awhere) != image_id:
-                raise ValueError(f"{awhere}: image_id {ann['image_id']} differs from the question's {image_id}")
+                raise ValueError(f"{awhere}: field 'image_id' is {ann['image_id']} but {where} has image_id {image_id}")
             answers = [field(a, "answer", str, f"{awhere}.answers[{j}]")
                        for j, a in enumerate(field(ann, "answers", list, awhere))]
             if not answers:
