@@ -67,7 +67,7 @@ def build_datamodule(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule
         return VQAv2DataModule(d.root, eval_batch_size=d.eval_batch_size, train_split=d.train_split,
                                val_split=d.val_split, test_split=d.test_split, predict_split=d.predict_split,
                                prompt=d.vqa_prompt, max_answer_tokens=d.max_answer_tokens,
-                               max_eval_questions=d.max_eval_questions, **common)
+                               max_eval_questions=d.max_eval_questions, seed=cfg.seed, **common)
     if d.name == "msrvtt":
         from mammut_pl.data.msrvtt import MSRVTTDataModule
 

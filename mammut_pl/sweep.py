@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -581,8 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(USAGE.format(sweeps=", ".join(list_sweeps())))
         return 0
+    import lightning.pytorch  # noqa: F401  # before basicConfig: Lightning keeps its own handler (no doubled lines)
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", message="MLFlow only allows")  # R@1 -> R1 in MLflow (see README)
     try:
         name, settings, cli = split_overrides(argv)
         sweep = load_sweep(name, settings)

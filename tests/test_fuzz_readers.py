@@ -248,3 +248,51 @@ def test_missing_and_corrupt_images_through_a_worker_are_one_line(coco, tmp_path
     (tmp_path / "coco" / train[0].path).unlink()
     with pytest.raises(FileNotFoundError, match=f"image file not found: {train[0].path}.*images"):
         CaptionPairs(train, image_transform(16, train=False))[0]
+
+
+# --- VQAv2 questions + annotations JSON ----------------------------------------------------------------
+def small_vqa(world, n=4):
+    """The first n train questions and their annotations, from the demo world's official-format files."""
+    from mammut_pl.data.vqav2 import annotation_file, question_file
+
+    root = world / "vqav2"
+    q = json.loads(question_file(root, "train2014").read_text())
+    a = json.loads(annotation_file(root, "train2014").read_text())
+    q["questions"] = q["questions"][:n]
+    keep = {r["question_id"] for r in q["questions"]}
+    a["annotations"] = [r for r in a["annotations"] if r["question_id"] in keep]
+    return q, a
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_vqav2_json_reads_what_the_files_say_or_names_file_record_field(coco, tmp_path_factory, data):
+    from mammut_pl.data.vqav2 import annotation_file, question_file, read_vqav2
+
+    docs = dict(zip(("questions", "annotations"), small_vqa(coco.parent)))
+    target = data.draw(st.sampled_from(sorted(docs)))  # which of the two files is damaged
+    m = data.draw(json_mutations(docs[target]))
+    root = tmp_path_factory.mktemp("v")
+    paths = {"questions": question_file(root, "train2014"), "annotations": annotation_file(root, "train2014")}
+    for name, doc in docs.items():
+        paths[name].write_text(m.text if name == target else json.dumps(doc))
+    try:
+        questions = read_vqav2(root, "train2014")
+    except (ValueError, FileNotFoundError) as err:
+        if m.op == "delete" and len(m.path) == 2:  # a whole record gone: its partner in the other file is named
+            assert_clear_error(err, paths[target])
+            assert "question_id" in str(err)
+        else:
+            assert_clear_error(err, paths[target], m, list_key=target)
+    else:  # every question is exactly what the (possibly mutated) files say
+        docs[target] = json.loads(m.text)  # (a garbled text can still be valid JSON)
+        anns = {a["question_id"]: a for a in docs["annotations"]["annotations"]}
+        assert [q.question_id for q in questions] == [r["question_id"] for r in docs["questions"]["questions"]]
+        for q, rec in zip(questions, docs["questions"]["questions"]):
+            ann = anns[q.question_id]
+            assert (q.image_id, q.question) == (rec["image_id"], rec["question"].strip()) and q.question
+            assert q.answers == [x["answer"] for x in ann["answers"]] and q.answers
+            assert q.target == ann["multiple_choice_answer"].strip() and q.target
+            assert (q.answer_type, q.question_type) == (ann["answer_type"], ann["question_type"])
+            assert q.image_path.endswith(f"COCO_train2014_{rec['image_id']:012d}.jpg")
+    shutil.rmtree(root)

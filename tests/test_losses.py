@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mammut_pl.losses import (CaptionLoss, FocalContrastiveLoss, SigmoidContrastiveLoss,
+from mammut_pl.losses import (CaptionLoss, FocalContrastiveLoss, SigmoidContrastiveLoss, global_batch_mean,
                               SoftmaxContrastiveLoss, build_contrastive_loss)
 
 
@@ -140,3 +140,42 @@ def test_two_ranks_equal_one_process(kind, tmp_path):
     assert len(ref) == len(got["grads"])
     for g, r in zip(got["grads"], ref):
         torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+
+
+def _token_mean_rank_main(rank, world, port, out):
+    """Rank r holds a different number of answer/caption tokens (3 vs 7): the DDP-averaged
+    gradient of global_batch_mean must be the gradient of the mean over all 10 tokens."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 5)
+    x, y = torch.randn(10, 4), torch.randint(0, 5, (10,))
+    sl = slice(0, 3) if rank == 0 else slice(3, 10)
+    total = F.cross_entropy(head(x[sl]), y[sl], reduction="sum")
+    global_batch_mean(total, y[sl].numel()).backward()
+    for g in (head.weight.grad, head.bias.grad):
+        dist.all_reduce(g)
+        g /= world
+    if rank == 0:
+        torch.save([head.weight.grad, head.bias.grad], out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_token_mean_over_uneven_ranks_equals_the_global_mean(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_token_mean_rank_main, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    got = torch.load(out)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 5)
+    x, y = torch.randn(10, 4), torch.randint(0, 5, (10,))
+    F.cross_entropy(head(x), y).backward()  # the mean over every token of the global batch
+    for g, r in zip(got, (head.weight.grad, head.bias.grad)):
+        torch.testing.assert_close(g, r)
+    # a per-rank mean (what DDP gives without global_batch_mean) would differ here
+    per_rank = [F.cross_entropy(head(x[s]), y[s]) for s in (slice(0, 3), slice(3, 10))]
+    assert not torch.allclose(sum(per_rank) / 2, F.cross_entropy(head(x), y))

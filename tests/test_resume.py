@@ -236,6 +236,18 @@ def test_coco_resumes_at_the_exact_batch(world, tok, num_workers):
     assert not torch.equal(full[0]["images"], full[per_epoch]["images"])
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_vqav2_resumes_at_the_exact_batch(world, tok, num_workers):
+    from mammut_pl.data.vqav2 import VQAv2DataModule
+
+    make = lambda: VQAv2DataModule(str(world / "vqav2"), tok, image_size=16, context_length=24,  # noqa: E731
+                                   batch_size=8, num_workers=num_workers, seed=3)
+    full, _ = _consume(make(), 2)
+    per_epoch = len(full) // 2
+    _check_resume(make, full, per_epoch, (2, per_epoch + 1))
+    assert [b["question_ids"].tolist() for b in full[:per_epoch]] != [b["question_ids"].tolist() for b in full[per_epoch:]]
+
+
 def test_changed_loader_settings_restart_the_epoch_with_a_warning(tmp_path, tok, caplog):
     root = _shards(tmp_path / "shards")
     dm = WebDataModule(str(root), tok, image_size=16, context_length=16, batch_size=2, num_workers=0,

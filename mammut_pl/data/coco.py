@@ -13,15 +13,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
+from mammut_pl.data.epochs import (EpochSampler, ResumableTrainData, SampleRef, batch_position,  # noqa: F401
+                                   item_index, seeded_item)
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import ImageError, image_transform, load_image
-from mammut_pl.resume import derive_seed, lightning_epoch, seeded
 
 log = logging.getLogger(__name__)
 
@@ -114,41 +115,6 @@ def open_image(im: CaptionedImage):
         raise ImageError(f"{err} (image {im.image_id}, {im.source})") from None
 
 
-class SampleRef(NamedTuple):
-    """What EpochSampler yields: the item, its augmentation seed and its place in the epoch."""
-    index: int
-    seed: int
-    epoch: int
-    position: int
-
-
-class EpochSampler(DistributedSampler):
-    """A random order per epoch drawn from (seed, epoch) alone; under DDP every rank takes its
-    slice of the same order (a DistributedSampler, so Lightning does not replace it). `start`
-    skips the first items of epoch `epoch` (a resumed run). Yields SampleRefs."""
-
-    def __init__(self, size: int, seed: int, epoch: int = 0, start: int = 0) -> None:
-        rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
-                       if torch.distributed.is_available() and torch.distributed.is_initialized() else (0, 1))
-        super().__init__(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.size, self.epoch, self.start = size, epoch, start
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.start = epoch, 0
-
-    def __len__(self) -> int:
-        return self.size // self.num_replicas
-
-    def __iter__(self):
-        epoch, start = self.epoch, self.start
-        self.start = 0  # only the resumed epoch starts late
-        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-        order = torch.randperm(self.size, generator=g)[self.rank::self.num_replicas][: len(self)].tolist()
-        for k in range(start, len(order)):
-            yield SampleRef(order[k], derive_seed(self.seed, epoch, self.rank, k), epoch, k)
-
-
 class CaptionPairs(Dataset):
     """Training: one (image, caption) pair per caption."""
 
@@ -160,14 +126,9 @@ class CaptionPairs(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, i: int | SampleRef) -> dict[str, Any]:
-        ref = i if isinstance(i, SampleRef) else None
-        im, caption = self.pairs[ref.index if ref else i]
-        image = open_image(im)
-        if ref is None:
-            return {"image": self.transform(image), "caption": caption, "image_id": im.image_id}
-        with seeded(ref.seed):  # augmentation depends on (seed, epoch, position) only
-            pixels = self.transform(image)
-        return {"image": pixels, "caption": caption, "image_id": im.image_id, "position": (ref.epoch, ref.position)}
+        im, caption = self.pairs[item_index(i)]
+        pixels, extra = seeded_item(i, self.transform, open_image(im))  # augmentation from (seed, epoch, position)
+        return {"image": pixels, "caption": caption, "image_id": im.image_id, **extra}
 
 
 class RetrievalImages(Dataset):
@@ -195,15 +156,12 @@ class PairCollator:
         self.tokenizer, self.context_length = tokenizer, context_length
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = {
+        return {
             "images": torch.stack([it["image"] for it in items]),
             "tokens": self.tokenizer([it["caption"] for it in items], self.context_length, pad_to_longest=True),
             "image_ids": torch.tensor([it["image_id"] for it in items]),
+            **batch_position(items),  # where the last item stood in its epoch: for resuming
         }
-        if "position" in items[-1]:  # (epoch, place in the epoch) of the last item: for resuming
-            epoch, position = items[-1]["position"]
-            batch["data_position"] = {"epoch": epoch, "index": position + 1}
-        return batch
 
 
 class RetrievalCollator(PairCollator):
@@ -229,7 +187,7 @@ def retrieval_loader(images: list[CaptionedImage], tokenizer: Tokenizer, image_s
     )
 
 
-class CocoCaptionsDataModule(L.LightningDataModule):
+class CocoCaptionsDataModule(ResumableTrainData, L.LightningDataModule):
     """COCO / Flickr30k captions from the Karpathy split file.
 
     train = Karpathy train + restval pairs; val / test = the retrieval protocol
@@ -248,8 +206,7 @@ class CocoCaptionsDataModule(L.LightningDataModule):
         self.max_eval_images, self.augment, self.crop_scale_min = max_eval_images, augment, crop_scale_min
         self.seed = seed
         self.images: list[CaptionedImage] | None = None
-        self._position: dict[str, int] = {"epoch": -1, "index": 0}  # of the last consumed batch
-        self._resume: dict[str, Any] | None = None
+        self.init_resume()
 
     def setup(self, stage: str | None = None) -> None:
         if self.images is None:
@@ -267,35 +224,10 @@ class CocoCaptionsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = CaptionPairs(self.split("train"), image_transform(self.image_size, True, self.augment, self.crop_scale_min))
-        epoch = lightning_epoch(self)
-        start, r = 0, self._resume
-        if r is not None and (epoch is None or r["epoch"] == epoch):
-            if (r["size"], r["batch_size"]) == (len(ds), self.batch_size):
-                epoch, start = r["epoch"], r["index"]
-            else:
-                log.warning("data position not restored (%d training pairs, batch %d in the checkpoint; now %d, %d): "
-                            "epoch %d restarts from its first batch", r["size"], r["batch_size"], len(ds),
-                            self.batch_size, r["epoch"])
-        sampler = EpochSampler(len(ds), self.seed, epoch=epoch or 0, start=start)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=PairCollator(self.tokenizer, self.context_length),
-                          generator=torch.Generator().manual_seed(self.seed))
+        return self.resumable_loader(ds, PairCollator(self.tokenizer, self.context_length))
 
-    # --- resuming: where the last consumed training batch ended ----------------------------------
-    def consumed(self, position: dict[str, int]) -> None:
-        self._position = {"epoch": position["epoch"], "index": position["index"]}
-
-    def state_dict(self) -> dict[str, Any]:
-        if self._position["epoch"] < 0 or self.images is None:
-            return {}
-        size = sum(len(im.captions) for im in self.split("train"))
-        return {**self._position, "size": size, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state and state.get("epoch", -1) >= 0:
-            self._resume = dict(state)
-            self._position = {"epoch": state["epoch"], "index": state["index"]}
+    def train_size(self) -> int:
+        return sum(len(im.captions) for im in self.split("train"))
 
     def val_dataloader(self) -> DataLoader:
         return retrieval_loader(self.split(self.val_split), self.tokenizer, self.image_size,

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mammut_pl.data.coco import field, read_json
+from mammut_pl.data.epochs import ResumableTrainData, SampleRef, batch_position, item_index, seeded_item
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import image_transform, load_image
 
@@ -81,11 +82,18 @@ def read_vqav2(root: str | Path, split: str) -> list[VQAQuestion]:
         adata = read_json(apath, f"VQAv2 {split} annotations file")
         for i, ann in enumerate(field(adata, "annotations", list, str(apath))):
             qid = field(ann, "question_id", int, f"{apath}: annotations[{i}]")
-            anns[qid] = {"record": ann, "where": f"{apath}: annotations[{i}] (question_id {qid})"}
+            if qid in anns:
+                raise ValueError(f"{apath}: annotations[{i}]: field 'question_id': {qid} repeats {anns[qid]['index']}")
+            anns[qid] = {"record": ann, "where": f"{apath}: annotations[{i}] (question_id {qid})",
+                         "index": f"annotations[{i}]"}
     out: list[VQAQuestion] = []
+    seen: dict[int, int] = {}
     for i, rec in enumerate(questions):
         where = f"{qpath}: questions[{i}]"
         qid = field(rec, "question_id", int, where)
+        if qid in seen:
+            raise ValueError(f"{where}: field 'question_id': {qid} repeats questions[{seen[qid]}]")
+        seen[qid] = i
         image_id = field(rec, "image_id", int, where)
         text = field(rec, "question", str, where).strip()
         if not text:
@@ -94,9 +102,10 @@ def read_vqav2(root: str | Path, split: str) -> list[VQAQuestion]:
         if split in ANNOTATED:
             if qid not in anns:
                 raise ValueError(f"{where}: question_id {qid} has no annotation in {annotation_file(root, split)}")
-            ann, awhere = anns.pop(qid)["record"], f"{annotation_file(root, split)}: question_id {qid}"
+            found = anns.pop(qid)
+            ann, awhere = found["record"], found["where"]
             if field(ann, "image_id", int, awhere) != image_id:
-                raise ValueError(f"{awhere}: image_id {ann['image_id']} differs from the question's {image_id}")
+                raise ValueError(f"{awhere}: field 'image_id' is {ann['image_id']} but {where} has image_id {image_id}")
             answers = [field(a, "answer", str, f"{awhere}.answers[{j}]")
                        for j, a in enumerate(field(ann, "answers", list, awhere))]
             if not answers:
@@ -128,10 +137,11 @@ class VQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.questions)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        q = self.questions[i]
-        return {"image": self.transform(load_image(q.image_path)), "question": q.question, "target": q.target,
-                "answers": q.answers, "answer_type": q.answer_type, "question_id": q.question_id}
+    def __getitem__(self, i: int | SampleRef) -> dict[str, Any]:
+        q = self.questions[item_index(i)]
+        pixels, extra = seeded_item(i, self.transform, load_image(q.image_path))  # training: seeded, positioned
+        return {"image": pixels, "question": q.question, "target": q.target, "answers": q.answers,
+                "answer_type": q.answer_type, "question_id": q.question_id, **extra}
 
 
 class VQACollator:
@@ -174,6 +184,7 @@ class VQACollator:
             "questions": [it["question"] for it in items],
             "answers": [it["answers"] for it in items],
             "answer_types": [it["answer_type"] for it in items],
+            **batch_position(items),  # where the last item stood in its epoch: for resuming
         }
 
 
@@ -182,7 +193,7 @@ def answer_targets(tokens: Tensor, answer_mask: Tensor) -> Tensor:
     return tokens[:, 1:].masked_fill(~answer_mask[:, 1:], -100)
 
 
-class VQAv2DataModule(L.LightningDataModule):
+class VQAv2DataModule(ResumableTrainData, L.LightningDataModule):
     """train = `train_split` ("train2014", or several joined by "+", e.g. "train2014+val2014");
     val / test = annotated splits scored with the official VQA accuracy;
     `predict_split` (e.g. "test-dev2015") = questions only, for the results JSON."""
@@ -191,14 +202,16 @@ class VQAv2DataModule(L.LightningDataModule):
                  batch_size: int = 32, eval_batch_size: int = 64, num_workers: int = 2,
                  train_split: str = "train2014", val_split: str = "val2014", test_split: str = "val2014",
                  predict_split: str = "test-dev2015", prompt: str = DEFAULT_PROMPT, max_answer_tokens: int = 8,
-                 max_eval_questions: int = 0, augment: bool = True, crop_scale_min: float = 0.8) -> None:
+                 max_eval_questions: int = 0, augment: bool = True, crop_scale_min: float = 0.8,
+                 seed: int = 0) -> None:
         super().__init__()
         self.root, self.tokenizer = Path(root), tokenizer
         self.image_size, self.context_length = image_size, context_length
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.predict_split, self.max_eval_questions = predict_split, max_eval_questions
-        self.augment, self.crop_scale_min = augment, crop_scale_min
+        self.augment, self.crop_scale_min, self.seed = augment, crop_scale_min, seed
+        self.init_resume()
         self.collate = VQACollator(tokenizer, context_length, prompt, max_answer_tokens)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root: VQAv2 folder not found: {self.root} (expected the official "
@@ -225,20 +238,23 @@ class VQAv2DataModule(L.LightningDataModule):
         qs = self.questions(split)
         return qs[: self.max_eval_questions] if self.max_eval_questions else qs
 
-    def _loader(self, questions: list[VQAQuestion], train: bool) -> DataLoader:
-        transform = image_transform(self.image_size, train, self.augment, self.crop_scale_min)
-        return DataLoader(VQADataset(questions, transform), batch_size=self.batch_size if train else self.eval_batch_size,
-                          shuffle=train, drop_last=train, num_workers=self.num_workers,
+    def _eval_loader(self, questions: list[VQAQuestion]) -> DataLoader:
+        return DataLoader(VQADataset(questions, image_transform(self.image_size, train=False)),
+                          batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, collate_fn=self.collate)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.questions(self.train_split), train=True)
+        transform = image_transform(self.image_size, True, self.augment, self.crop_scale_min)
+        return self.resumable_loader(VQADataset(self.questions(self.train_split), transform), self.collate)
+
+    def train_size(self) -> int:
+        return len(self.questions(self.train_split))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_questions(self.val_split), train=False)
+        return self._eval_loader(self.eval_questions(self.val_split))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_questions(self.test_split), train=False)
+        return self._eval_loader(self.eval_questions(self.test_split))
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(read_vqav2(self.root, self.predict_split), train=False)
+        return self._eval_loader(read_vqav2(self.root, self.predict_split))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mammut_pl.data.vqav2 import answer_targets
+from mammut_pl.losses import global_batch_mean
 from mammut_pl.metrics.vqa import VQAAccuracy, vqa_accuracy
 from mammut_pl.tasks.base import MaMMUTTask
 
@@ -37,8 +38,9 @@ class VQATask(MaMMUTTask):
         """Cross-entropy of the answer tokens (and eos) given image and question."""
         logits = self.model.caption_logits(self.model.image_tokens(images), tokens)  # (B, T, V)
         targets = answer_targets(tokens, answer_mask)  # (B, T-1), -100 outside the answer
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=-100, label_smoothing=self.cfg.loss.label_smoothing)
+        total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum",
+                                ignore_index=-100, label_smoothing=self.cfg.loss.label_smoothing)
+        return global_batch_mean(total, (targets != -100).sum())  # mean over the answer tokens of all ranks
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         loss = self.answer_loss(batch["images"], batch["tokens"], batch["answer_mask"])
