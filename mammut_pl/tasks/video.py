@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import Tensor
 
-from mammut_pl.losses import build_contrastive_loss
+from mammut_pl.losses import build_contrastive_loss, global_batch_mean
 from mammut_pl.metrics.retrieval import RetrievalRecall
 from mammut_pl.metrics.video_qa import QUESTION_TYPES, VideoQAAccuracy, exact_match
 from mammut_pl.model.video import VideoMaMMUT
@@ -165,8 +165,9 @@ class VideoCaptioningTask(VideoModel, CaptioningTask):
         out = self.model(clips, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True)
         B, total = len(clips), 0.0
         if w_cap > 0:
-            cap = F.cross_entropy(out["caption_logits"].float(), out["caption_targets"],
-                                  label_smoothing=self.cfg.loss.label_smoothing)
+            cap = global_batch_mean(F.cross_entropy(  # mean over the caption tokens of all ranks
+                out["caption_logits"].float(), out["caption_targets"], reduction="sum",
+                label_smoothing=self.cfg.loss.label_smoothing), out["caption_targets"].numel())
             self.log("train/caption_loss", cap, batch_size=B)
             total = total + w_cap * cap
         if w_con > 0:
