@@ -104,8 +104,8 @@ class VideoQATask(VideoModel, VQATask):
             if isinstance(self.logger, MLFlowLogger):
                 self.logger.experiment.log_artifact(self.logger.run_id, str(path))
 
-    def majority_baseline(self, stage: str) -> dict[str, float] | None:
-        """Accuracy of always answering the most frequent training answer, overall and per type."""
+    def majority_baseline(self, stage: str) -> float | None:
+        """Accuracy of always answering the most frequent training answer (VQATask logs it)."""
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "majority_answer"):
             return None
@@ -114,18 +114,8 @@ class VideoQATask(VideoModel, VQATask):
             metric = VideoQAAccuracy(vocabulary=set(dm.answer_vocabulary()))
             qs = dm.eval_questions(split)
             metric.update([dm.majority_answer()] * len(qs), [q.answer for q in qs], [q.question for q in qs])
-            self._baselines[stage] = {k: float(v) for k, v in metric.compute().items()}
+            self._baselines[stage] = float(metric.compute()["accuracy"])
         return self._baselines[stage]
-
-    def _log_accuracy(self, metric: VideoQAAccuracy, stage: str) -> None:
-        if not metric.update_called:
-            return
-        for name, value in metric.compute().items():
-            self.log(f"{stage}/{name}", value.float())
-        metric.reset()
-        baseline = self.majority_baseline(stage)
-        if baseline is not None:
-            self.log(f"{stage}/majority_baseline", baseline["accuracy"])
 
     def report_lines(self, metrics: dict[str, float], datamodule: Any) -> list[str]:
         if "test/accuracy" not in metrics:
