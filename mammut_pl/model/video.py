@@ -78,6 +78,11 @@ def inflate_patch_weight(weight: Tensor, kernel: tuple[int, int, int]) -> Tensor
     return (w[:, :, None] / kt).expand(-1, -1, kt, -1, -1).contiguous().to(weight.dtype)
 
 
+def grid_coords(pixel: Tensor, patch: int) -> Tensor:
+    """Pixel centre -> patch-grid coordinate: 2D patch j has its centre at pixel j * p + (p - 1) / 2."""
+    return (pixel - (patch - 1) / 2) / patch
+
+
 # --- the tokenizer: clip -> tokens ----------------------------------------------------------------
 class SparseTubes(nn.Module):
     """Clip -> video tokens for the ViT (without running it). Holds only the new weights: the
@@ -116,10 +121,8 @@ class SparseTubes(nn.Module):
 
     def positions(self, visual: ImageEncoder, t: Tensor, y: Tensor, x: Tensor) -> Tensor:
         """Token centres (frames; pixels) -> (N, C) position embeddings."""
-        p = self.patch_size
         gh, gw = visual.grid
-        # grid coordinates: 2D patch j has its centre at pixel j * p + (p - 1) / 2
-        u, v = (y - (p - 1) / 2) / p, (x - (p - 1) / 2) / p
+        u, v = grid_coords(y, self.patch_size), grid_coords(x, self.patch_size)
         learned = visual.grid_pos_embed().permute(0, 3, 1, 2)  # (1, C, gh, gw)
         where = torch.stack([2 * v / max(gw - 1, 1) - 1, 2 * u / max(gh - 1, 1) - 1], -1)  # (N, 2) as (x, y)
         pos = F.grid_sample(learned, where[None, None].to(learned.dtype), mode="bilinear",
@@ -188,7 +191,7 @@ def per_frame_tokens(visual: ImageEncoder, tubes: SparseTubes, clip: Tensor) -> 
     if w is not None:
         p, (gh, gw) = visual.patch_size, visual.grid
         t, y, x = SparseTubes._centres((T, gh, gw), (1, p, p), (1, p, p), (0, 0, 0), clip.device)
-        u, v = (y - (p - 1) / 2) / p, (x - (p - 1) / 2) / p
+        u, v = grid_coords(y, p), grid_coords(x, p)
         patches = patches + (w * sincos_3d(t, u, v, C).to(patches)).view(1, T, gh * gw, C)
     prefix = tokens[:, :P].reshape(B, T, P, C).mean(1)
     return torch.cat([prefix, patches.flatten(1, 2)], dim=1)
