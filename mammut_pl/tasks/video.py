@@ -104,18 +104,11 @@ class VideoQATask(VideoModel, VQATask):
             if isinstance(self.logger, MLFlowLogger):
                 self.logger.experiment.log_artifact(self.logger.run_id, str(path))
 
-    def majority_baseline(self, stage: str) -> float | None:
-        """Accuracy of always answering the most frequent training answer (VQATask logs it)."""
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "majority_answer"):
-            return None
-        if stage not in self._baselines:
-            split = dm.val_split if stage == "val" else dm.test_split
-            metric = VideoQAAccuracy(vocabulary=set(dm.answer_vocabulary()))
-            qs = dm.eval_questions(split)
-            metric.update([dm.majority_answer()] * len(qs), [q.answer for q in qs], [q.question for q in qs])
-            self._baselines[stage] = float(metric.compute()["accuracy"])
-        return self._baselines[stage]
+    def constant_answer_score(self, answer: str, questions: list) -> float:
+        """Exact-match accuracy when every question gets `answer` (VQATask's majority baseline)."""
+        metric = VideoQAAccuracy(vocabulary=self._vocab_set)
+        metric.update([answer] * len(questions), [q.answer for q in questions], [q.question for q in questions])
+        return float(metric.compute()["accuracy"])
 
     def report_lines(self, metrics: dict[str, float], datamodule: Any) -> list[str]:
         if "test/accuracy" not in metrics:

@@ -114,10 +114,12 @@ class VQATask(MaMMUTTask):
             return None
         if stage not in self._baselines:
             split = dm.val_split if stage == "val" else dm.test_split
-            questions = dm.eval_questions(split)
-            answer = dm.majority_answer()
-            self._baselines[stage] = vqa_accuracy([answer] * len(questions), [q.answers for q in questions])
+            self._baselines[stage] = self.constant_answer_score(dm.majority_answer(), dm.eval_questions(split))
         return self._baselines[stage]
+
+    def constant_answer_score(self, answer: str, questions: list) -> float:
+        """The task's accuracy when every question gets `answer`."""
+        return vqa_accuracy([answer] * len(questions), [q.answers for q in questions])
 
 
 def gather_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
