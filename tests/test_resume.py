@@ -248,6 +248,20 @@ def test_vqav2_resumes_at_the_exact_batch(world, tok, num_workers):
     assert [b["question_ids"].tolist() for b in full[:per_epoch]] != [b["question_ids"].tolist() for b in full[per_epoch:]]
 
 
+@pytest.mark.parametrize("task", ["qa", "caption"])
+def test_msrvtt_resumes_at_the_exact_batch(world, tok, task):
+    """Random frame sampling and crops are drawn from each item's seed: the resumed clips are the same."""
+    from mammut_pl.data.msrvtt import MSRVTTDataModule
+
+    make = lambda: MSRVTTDataModule(str(world / "msrvtt"), tok, image_size=16, context_length=24,  # noqa: E731
+                                    task=task, batch_size=2, num_workers=0, num_frames=4, seed=4)
+    full, _ = _consume(make(), 2)
+    per_epoch = len(full) // 2
+    assert per_epoch >= 2
+    _check_resume(make, full, per_epoch, (1, per_epoch + 1))
+    assert not torch.equal(full[0]["images"], full[per_epoch]["images"])  # new order / frames each epoch
+
+
 def test_changed_loader_settings_restart_the_epoch_with_a_warning(tmp_path, tok, caplog):
     root = _shards(tmp_path / "shards")
     dm = WebDataModule(str(root), tok, image_size=16, context_length=16, batch_size=2, num_workers=0,

@@ -39,10 +39,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mammut_pl.data.coco import field, read_json
+from mammut_pl.data.epochs import ResumableTrainData, SampleRef, batch_position, item_index
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import MEAN, STD
 from mammut_pl.data.vqav2 import DEFAULT_PROMPT, VQACollator
 from mammut_pl.metrics.vqa import normalize_answer
+from mammut_pl.resume import seeded
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +348,14 @@ class _Clips(Dataset):
         frames, times, duration = entry
         return pick_frames(frames, times, sample_times(duration, self.num_frames, self.fps, self.random))
 
+    def positioned_clip(self, i: int | SampleRef, path: str) -> tuple[Tensor | None, dict[str, Any]]:
+        """(clip, extra item fields): in training (a SampleRef) the frame sampling and the crop
+        are drawn from the item's own seed and the item carries its place in the epoch."""
+        if not isinstance(i, SampleRef):
+            return self.clip(path), {}
+        with seeded(i.seed):
+            return self.clip(path), {"position": (i.epoch, i.position)}
+
     def clip(self, path: str) -> Tensor | None:
         """The clip, or None (logged) when the video cannot be decoded: the collator counts it."""
         try:
@@ -363,10 +373,11 @@ class QAClips(_Clips):
     def __len__(self) -> int:
         return len(self.questions)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        q = self.questions[i]
-        return {"image": self.clip(q.path), "question": q.question, "target": q.answer, "answers": [q.answer],
-                "answer_type": "", "question_id": q.question_id}
+    def __getitem__(self, i: int | SampleRef) -> dict[str, Any]:
+        q = self.questions[item_index(i)]
+        clip, extra = self.positioned_clip(i, q.path)
+        return {"image": clip, "question": q.question, "target": q.answer, "answers": [q.answer],
+                "answer_type": "", "question_id": q.question_id, **extra}
 
 
 class CaptionClips(_Clips):
@@ -379,9 +390,10 @@ class CaptionClips(_Clips):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        v, caption = self.pairs[i]
-        return {"image": self.clip(v.path), "caption": caption, "image_id": v.index}
+    def __getitem__(self, i: int | SampleRef) -> dict[str, Any]:
+        v, caption = self.pairs[item_index(i)]
+        clip, extra = self.positioned_clip(i, v.path)
+        return {"image": clip, "caption": caption, "image_id": v.index, **extra}
 
 
 class EvalVideos(_Clips):
@@ -411,6 +423,7 @@ class VideoQACollator(VQACollator):
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         good, broken = _split_broken(items)
         batch = super().__call__(good) if good else {"images": torch.empty(0)}
+        batch.update(batch_position(items))  # the last item's place, decodable or not
         batch["skipped"] = len(broken)
         batch["skipped_questions"] = [it["question"] for it in broken]
         batch["skipped_answers"] = [it["target"] for it in broken]
@@ -424,7 +437,8 @@ class CaptionCollator:
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         good, broken = _split_broken(items)
         tok = lambda texts: self.tokenizer(texts, self.context_length, pad_to_longest=True)  # noqa: E731
-        batch: dict[str, Any] = {"skipped": len(broken), "skipped_ids": [it["image_id"] for it in broken]}
+        batch: dict[str, Any] = {"skipped": len(broken), "skipped_ids": [it["image_id"] for it in broken],
+                                 **batch_position(items)}
         if not good:
             return {**batch, "images": torch.empty(0)}
         batch["images"] = torch.stack([it["image"] for it in good])
@@ -441,7 +455,7 @@ class CaptionCollator:
 
 
 # --- the datamodule ---------------------------------------------------------------------------------
-class MSRVTTDataModule(L.LightningDataModule):
+class MSRVTTDataModule(ResumableTrainData, L.LightningDataModule):
     """task="qa": MSRVTT-QA (train/val/test_qa.json); task="caption": captions of MSRVTT_data.json
     by its `split` field (train / validate / test), the test videos also scored for text -> video
     retrieval on the 1k-A sentences when the CSV is there."""
@@ -452,8 +466,10 @@ class MSRVTTDataModule(L.LightningDataModule):
                  answer_vocab_size: int = 1000, prompt: str = DEFAULT_PROMPT, max_answer_tokens: int = 8,
                  max_eval_questions: int = 0, captions_file: str = "MSRVTT_data.json",
                  retrieval_csv: str = "MSRVTT_JSFUSION_test.csv", augment: bool = True,
-                 crop_scale_min: float = 0.8, cache_clips: bool = False) -> None:
+                 crop_scale_min: float = 0.8, cache_clips: bool = False, seed: int = 0) -> None:
         super().__init__()
+        self.seed = seed
+        self.init_resume()
         self.root, self.tokenizer, self.task = Path(root), tokenizer, task
         if task not in ("qa", "caption"):
             raise ValueError(f"MSRVTTDataModule task={task!r}: expected 'qa' or 'caption'")
@@ -547,7 +563,10 @@ class MSRVTTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds, collate = self._dataset("train", True)
-        return self._loader(ds, True, collate)
+        return self.resumable_loader(ds, collate)  # seeded order and clips: ckpt_path=last resumes at the batch
+
+    def train_size(self) -> int:
+        return len(self._dataset("train", True)[0])
 
     def val_dataloader(self) -> DataLoader:
         ds, collate = self._dataset(self.val_split, False)
