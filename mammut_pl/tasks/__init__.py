@@ -1,9 +1,10 @@
 """LightningModules, one per task; they share the model and differ in steps, losses, metrics."""
 
 from mammut_pl.tasks.captioning import CaptioningTask
+from mammut_pl.tasks.detection import DetectionTask
 from mammut_pl.tasks.pretrain import PretrainTask
 from mammut_pl.tasks.vqa import VQATask
 
-TASKS = {"pretrain": PretrainTask, "captioning": CaptioningTask, "vqa": VQATask}
+TASKS = {"pretrain": PretrainTask, "captioning": CaptioningTask, "vqa": VQATask, "detection": DetectionTask}
 
-__all__ = ["TASKS", "CaptioningTask", "PretrainTask", "VQATask"]
+__all__ = ["TASKS", "CaptioningTask", "DetectionTask", "PretrainTask", "VQATask"]
