@@ -20,14 +20,15 @@ def test_every_sweep_file_loads_and_every_stage_config_validates(name):
     for value in sweep.params[0].grid:
         overrides = sweep.params[0].overrides(value)
         pre = sw.stage_config(sweep, "pretrain", overrides, cli, [])
-        vqa = sw.stage_config(sweep, "vqa", overrides, cli, [])
-        assert pre.task == "pretrain" and vqa.task == "vqa"
+        assert pre.task == "pretrain"
+        downstream = [sw.stage_config(sweep, s, overrides, cli, []) for s in sw.DOWNSTREAM if getattr(sweep, s)]
+        assert downstream and {c.task for c in downstream} <= {"vqa", "detection"}
         for key, v in overrides.items():  # the trial's values reach the configs
             group, field = key.split(".", 1)
             got = getattr(getattr(pre, group), field)
             assert got == v or (isinstance(v, dict) and {**got, **v} == got), key
         # downstream fine-tuning uses the pretraining architecture (or init_from would not fit)
-        assert pre.model.architecture() == vqa.model.architecture()
+        assert all(pre.model.architecture() == c.model.architecture() for c in downstream)
 
 
 def test_paper_grids():
@@ -39,9 +40,10 @@ def test_paper_grids():
 
 def test_split_overrides():
     name, settings, stage = sw.split_overrides(["sweep=xattn", "sweep.workers=2", "pretrain.data.root=/a",
-                                                "vqa.data.root=/b", "trainer.devices=2"])
+                                                "vqa.data.root=/b", "lvis.data.root=/c", "trainer.devices=2"])
     assert name == "xattn" and settings == ["workers=2"]
-    assert stage == {"pretrain": ["data.root=/a"], "vqa": ["data.root=/b"], "all": ["trainer.devices=2"]}
+    assert stage == {"pretrain": ["data.root=/a"], "vqa": ["data.root=/b"], "lvis": ["data.root=/c"],
+                     "all": ["trainer.devices=2"]}
     with pytest.raises(ConfigError, match="sweep=NAME is required"):
         sw.split_overrides(["trainer.devices=2"])
 
