@@ -114,9 +114,9 @@ def test_head_runs_at_the_detection_resolution_and_learns(tiny_detector):
     targets = [{"boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]]), "labels": torch.tensor([2])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
     params = [p for p in det.parameters()] + list(model.visual.parameters())
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = torch.optim.Adam(params, lr=2e-3)
     first = None
-    for _ in range(30):
+    for _ in range(12):
         losses = det.losses(det(model, images, text), targets)
         first = first if first is not None else losses["loss"].item()
         opt.zero_grad()
@@ -127,3 +127,19 @@ def test_head_runs_at_the_detection_resolution_and_learns(tiny_detector):
     boxes, scores, classes = det.detections(det(model, images, text), 0, (64, 64))
     assert len(boxes) <= 7 and (scores[:-1] >= scores[1:]).all()
     assert classes[0].item() == 2  # the trained class ranks first
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["detection.image_size=100"], "detection.image_size.*patch size 8"),
+    (["detection.nms_iou=0"], "detection.nms_iou"),
+    (["detection.jitter_min=2", "detection.jitter_max=1"], "detection.jitter_min"),
+    (["detection.prompts=[a photo]"], "detection.prompts"),
+    (["detection.max_detection=3"], "Did you mean `detection.max_detections`"),
+    (["data.name=vqav2"], "task=detection reads data.name=lvis"),
+])
+def test_detection_config_errors_name_the_key(overrides, message):
+    from mammut_pl import config as C
+
+    assert C.load("lvis").detection.image_size == 96
+    with pytest.raises(C.ConfigError, match=message):
+        C.load("lvis", overrides)

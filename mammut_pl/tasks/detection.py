@@ -114,11 +114,12 @@ class DetectionTask(MaMMUTTask):
     def _score(self, stage: str, filename: str) -> list[dict[str, Any]]:
         results = gather(self.results)
         scores = lvis_eval(self.trainer.datamodule.eval_gt(filename), results)
+        # every rank holds every detection (gathered): the same scores everywhere
         for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"):
             # -1 = no category has a value (e.g. no large boxes): logged as is, as LVIS prints it
-            self.log(f"{stage}/{key}", float(scores[key]), sync_dist=False, rank_zero_only=True)
-        self.log(f"{stage}/detections_per_image", len(results) / max(1, len({r["image_id"] for r in results}) or 1),
-                 rank_zero_only=True)
+            self.log(f"{stage}/{key}", float(scores[key]))
+        images = len({r["image_id"] for r in results})
+        self.log(f"{stage}/detections_per_image", len(results) / max(1, images))
         return results
 
 
