@@ -9,7 +9,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
+
+from fuzz import assert_clear_error, json_mutations
 
 from mammut_pl.data.lvis import (
     LVISDataModule,
@@ -78,7 +82,7 @@ def test_reads_v0_5_file_names(lvis_root, tmp_path):
     (lambda d: d["annotations"][1].__setitem__("image_id", 12345678), r"annotations\[1\]: image_id 12345678"),
     (lambda d: d["annotations"][0].__setitem__("category_id", 999), r"annotations\[0\]: category_id 999"),
     (lambda d: d["annotations"][0].__setitem__("bbox", [1, 2, 3]), r"annotations\[0\]: field 'bbox'"),
-    (lambda d: d["images"][3].pop("coco_url"), r"images\[3\]: missing field 'file_name'"),
+    (lambda d: d["images"][3].pop("coco_url"), r"images\[3\]: missing field 'coco_url' \(LVIS v1\) or 'file_name'"),
     (lambda d: d["images"][0].__setitem__("neg_category_ids", "x"), r"images\[0\]: field 'neg_category_ids'"),
     (lambda d: d["categories"][4].__setitem__("frequency", "x"), r"categories\[4\]: field 'frequency'"),
     (lambda d: d.pop("categories"), r"missing field 'categories'"),
@@ -159,3 +163,29 @@ def test_eval_dataset_reports_the_scale_back_to_annotation_pixels(lvis_root):
     split = read_lvis(lvis_root, "lvis_v1_val.json")
     item = LVISDetectionDataset(split.images[:1], 96, {}, train=False)[0]
     assert item["scale"] == pytest.approx(96 / split.images[0].width) and item["image"].shape == (3, 96, 96)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_lvis_json_reads_correctly_or_names_file_record_field(lvis_root, tmp_path_factory, data):
+    """Any one mutation of a valid file: a consistent result, or one ValueError naming the file and,
+    for a change inside an image / annotation / category record, the record and its field."""
+    doc = json.loads((lvis_root / "lvis_v1_val.json").read_text())
+    doc["images"], doc["annotations"] = doc["images"][:3], [a for a in doc["annotations"]
+                                                             if a["image_id"] in {i["id"] for i in doc["images"][:3]}]
+    m = data.draw(json_mutations(doc))
+    root = tmp_path_factory.mktemp("fz")
+    path = root / "lvis_v1_val.json"
+    path.write_text(m.text)
+    try:
+        split = read_lvis(root, "lvis_v1_val.json")
+    except (ValueError, FileNotFoundError) as err:
+        for key in ("images", "annotations", "categories"):
+            assert_clear_error(err, path, m, list_key=key)
+    else:
+        assert split.images and split.categories
+        ids = [im.id for im in split.images]
+        assert len(set(ids)) == len(ids)
+        for im in split.images:
+            assert im.boxes.shape == (len(im.category_ids), 4) and (im.boxes[:, 2:] > 0).all()
+    shutil.rmtree(root)

@@ -74,6 +74,8 @@ def image_file(root: Path, record: dict[str, Any], where: str, split: str) -> tu
         if len(parts) < 2 or not parts[-1]:
             raise ValueError(f"{where}: field 'coco_url' {url!r} does not end in FOLDER/FILE")
         return root / parts[-2] / parts[-1], "v1"
+    if "coco_url" not in record and "file_name" not in record:
+        raise ValueError(f"{where}: missing field 'coco_url' (LVIS v1) or 'file_name' (LVIS v0.5)")
     name = field(record, "file_name", str, where)
     if not name or name.startswith("/") or ".." in Path(name).parts:
         raise ValueError(f"{where}: field 'file_name' {name!r} is not a file name inside the dataset")
@@ -105,6 +107,9 @@ def read_lvis(root: str | Path, filename: str) -> LVISSplit:
         where = f"{path}: categories[{i}]"
         cid = field(c, "id", int, where)
         field(c, "name", str, where)
+        synonyms = c.get("synonyms", [])
+        if not isinstance(synonyms, list) or not all(isinstance(n, str) and n for n in synonyms):
+            raise ValueError(f"{where}: field 'synonyms' should be a list of names, got {synonyms!r:.60}")
         if field(c, "frequency", str, where) not in FREQUENCIES:
             raise ValueError(f"{where}: field 'frequency' should be one of {FREQUENCIES}, got {c['frequency']!r}")
         if cid in cat_ids:
