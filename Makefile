@@ -11,7 +11,7 @@ ARGS ?=
 SWEEP_ARGS ?=
 CKPT ?= $(lastword $(sort $(wildcard outputs/demo/*/checkpoints/last.ckpt)))
 
-.PHONY: help setup data demo evaluate test test-fast mlflow-ui mlflow-server bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task sweep-video
+.PHONY: help setup data demo evaluate test test-fast mlflow-ui mlflow-server bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task sweep-video sweep-cpe
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ sweep-cross-task: data ## ablation: contrastive only / captioning only / both (~
 
 sweep-video: data ## ablation: video tubes / fixed 3D sin-cos / gated connection on MSRVTT-QA (~15 min CPU); SWEEP_ARGS=...
 	@$(PY) -m mammut_pl.sweep sweep=video $(SWEEP_ARGS)
+
+sweep-cpe: data ## ablation: cropped positional embeddings in pretraining vs LVIS detection APr (~20 min CPU); SWEEP_ARGS=...
+	@$(PY) -m mammut_pl.sweep sweep=cpe $(SWEEP_ARGS)
 
 test: setup ## set up, then run the whole test suite (what CI runs)
 	@$(PY) -m pytest -q

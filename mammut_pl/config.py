@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mammut_pl.detection_config import DetectionConfig
 from mammut_pl.model.config import MaMMUTConfig
 from mammut_pl.model.video_config import VideoConfig
 
@@ -49,7 +50,7 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "webdata"  # webdata | coco | vqav2 (which LightningDataModule)
+    name: str = "webdata"  # webdata | coco | vqav2 | lvis (which LightningDataModule)
     root: str = "data/demo/webdata"  # the dataset, in its published layout
     demo: bool = False  # root is the embedded demo world: written there on first use
     tokenizer: str = "clip"  # "clip" (CLIP BPE from open_clip) or a tokenizer.json path
@@ -130,7 +131,7 @@ class VideoSettings(VideoConfig):
 @dataclass
 class Config:
     experiment: str = ""
-    task: str = "pretrain"  # pretrain | captioning | vqa
+    task: str = "pretrain"  # pretrain | captioning | vqa | detection
     seed: int = 0
     ckpt_path: str = ""  # "" = fresh run; "last" = resume this experiment's latest run; or a path
     output_dir: str = "outputs"  # runs go to output_dir/experiment/TIMESTAMP
@@ -144,10 +145,11 @@ class Config:
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     video: VideoSettings = field(default_factory=VideoSettings)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)  # task=detection (LVIS)
 
 
-TASKS = ("pretrain", "captioning", "vqa", "video_qa", "video_captioning")
-DATAMODULES = ("webdata", "coco", "vqav2", "msrvtt")
+TASKS = ("pretrain", "captioning", "vqa", "video_qa", "video_captioning", "detection")
+DATAMODULES = ("webdata", "coco", "vqav2", "msrvtt", "lvis")
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_steps": 1000, "accelerator": "auto", "devices": 1, "precision": "32-true",
     "log_every_n_steps": 10, "val_check_interval": None, "check_val_every_n_epoch": 1,
@@ -280,6 +282,11 @@ def validate(cfg: Config) -> None:
         need(cfg.data.name == "vqav2", "data.name", "task=vqa reads data.name=vqav2")
     if cfg.task.startswith("video_") or cfg.data.name == "msrvtt":
         _validate_video(cfg, need)
+    if cfg.task == "detection":
+        need(cfg.data.name == "lvis", "data.name", "task=detection reads data.name=lvis")
+        patch = cfg.model.encoder_kwargs.get("patch_size")
+        need(not patch or cfg.detection.image_size % int(patch) == 0, "detection.image_size",
+             f"must be divisible by the encoder's patch size {patch}")
     _validate_trainer(cfg.trainer)
 
 

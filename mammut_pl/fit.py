@@ -89,6 +89,14 @@ def build_datamodule(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule
                                          max_eval_images=d.max_eval_images, **common)
         return WebDataModule(d.root, shards=d.shards, resampled=d.resampled, steps_per_epoch=d.steps_per_epoch,
                              shuffle_buffer=d.shuffle_buffer, seed=cfg.seed, val=val, **common)
+    if d.name == "lvis":
+        from mammut_pl.data.lvis import LVISDataModule
+
+        t = cfg.detection
+        return LVISDataModule(d.root, image_size=t.image_size, train_file=t.train_file, val_file=t.val_file,
+                              test_file=t.test_file, base_only=t.base_only, jitter=(t.jitter_min, t.jitter_max),
+                              batch_size=d.batch_size, eval_batch_size=d.eval_batch_size, num_workers=d.num_workers,
+                              max_eval_images=t.max_eval_images, seed=cfg.seed)
     raise ConfigError(f"`data.name`: {d.name!r} has no datamodule for task {cfg.task!r}")
 
 
@@ -140,7 +148,8 @@ def callbacks(cfg: Config, run_dir: Path, has_val: bool) -> list[Callback]:
 
 
 MONITOR = {"pretrain": ("val/mean_R", "max"), "captioning": ("val/CIDEr", "max"), "vqa": ("val/vqa_accuracy", "max"),
-           "video_qa": ("val/accuracy", "max"), "video_captioning": ("val/CIDEr", "max")}
+           "video_qa": ("val/accuracy", "max"), "video_captioning": ("val/CIDEr", "max"),
+           "detection": ("val/AP", "max")}
 
 
 # --- the run -------------------------------------------------------------------------------

@@ -51,6 +51,8 @@ def print_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, flo
             print(f"  generated: {r['caption']!r}\n  reference: {r['references'][0]!r}")
         if getattr(task, "results_path", None):
             print(f"results JSON: {task.results_path}")
+    if cfg.task == "detection" and "test/AP" in metrics:
+        print_detection(metrics, task)
     if cfg.task == "pretrain" and cfg.loss.caption_weight > 0:
         print("\ngenerated captions (greedy) vs references:")
         for generated, refs in example_captions(task, datamodule, cfg.eval.num_examples, cfg.eval.max_new_tokens):
@@ -99,3 +101,13 @@ def run_url_of(logger: Any) -> str:
     from mammut_pl.tracking import run_url
 
     return run_url(logger)
+
+
+def print_detection(metrics: dict[str, float], task: Any) -> None:
+    """LVIS box AP (official protocol; -1 = no category with boxes of that kind)."""
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+    print("LVIS box AP (test): " + "  ".join(f"{k} {100 * metrics[f'test/{k}']:.1f}" if metrics.get(f"test/{k}", -1) >= 0
+                                              else f"{k} -" for k in keys))
+    print("  APr: rare categories, held out of detection training (open vocabulary)")
+    if getattr(task, "results_path", None):
+        print(f"results JSON: {task.results_path}")

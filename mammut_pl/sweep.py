@@ -4,11 +4,12 @@ Reproduce one of the paper's ablations as an Optuna study (sweeps/NAME.yaml).
 
 Each trial = pretraining (the sweep's `pretrain` experiment, with the trial's
 parameters) then the downstream evaluations the ablation needs: zero-shot
-retrieval of the pretrained model, and VQA fine-tuned from its checkpoint — as in
-the paper's tables. Every trial calls the same `fit.run` the CLI calls.
+retrieval of the pretrained model, and VQA and/or LVIS detection fine-tuned from
+its checkpoint — as in the paper's tables. Every trial calls the same `fit.run`
+the CLI calls.
 
 Overrides: `sweep.KEY=V` sets the sweep itself (sweep.workers=2, sweep.n_trials=8,
-sweep.storage=postgresql://..., sweep.out=DIR); `pretrain.KEY=V` / `vqa.KEY=V` go to
+sweep.storage=postgresql://..., sweep.out=DIR); `pretrain.KEY=V` / `vqa.KEY=V` / `lvis.KEY=V` go to
 one stage's config; any other `KEY=V` goes to every stage (e.g. trainer.devices=4).
 
 Storage: the study persists (SQLite in the sweep's folder; a JournalStorage file
@@ -44,7 +45,8 @@ from mammut_pl.config import PROJECT_ROOT, ConfigError
 
 log = logging.getLogger("mammut_pl.sweep")
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
-STAGES = ("pretrain", "vqa")
+STAGES = ("pretrain", "vqa", "lvis")
+DOWNSTREAM = ("vqa", "lvis")  # fine-tuned from the trial's pretraining checkpoint, in this order
 MLFLOW_EXPERIMENT = "mammut_pl-sweeps"
 
 
@@ -98,6 +100,7 @@ class Sweep:
     description: str
     pretrain: str  # experiment for the pretraining stage
     vqa: str  # experiment for the VQA fine-tune ("" = no VQA stage)
+    lvis: str  # experiment for the LVIS detection fine-tune ("" = no detection stage)
     params: list[Param]
     objectives: list[Objective]
     record: list[str]  # further "<stage>/<metric>" values kept per trial (tables, MLflow)
@@ -125,7 +128,7 @@ def list_sweeps() -> list[str]:
     return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 
 
-SWEEP_KEYS = {"description", "pretrain", "vqa", "params", "objectives", "record", "sampler", "pruner",
+SWEEP_KEYS = {"description", "pretrain", "vqa", "lvis", "params", "objectives", "record", "sampler", "pruner",
               "prune_metric", "prune_threshold", "overrides", "sweep"}
 
 
@@ -181,7 +184,7 @@ def load_sweep(name: str, settings_overrides: list[str] | None = None) -> Sweep:
         raise ConfigError(f"unknown or bad sweep setting `sweep.{key}`") from None
     sweep = Sweep(
         name=path.stem, description=str(raw.get("description", "")), pretrain=str(raw.get("pretrain", "demo")),
-        vqa=str(raw.get("vqa", "") or ""), params=params, objectives=objectives,
+        vqa=str(raw.get("vqa", "") or ""), lvis=str(raw.get("lvis", "") or ""), params=params, objectives=objectives,
         record=list(raw.get("record") or []), sampler=str(raw.get("sampler", "grid")),
         pruner=str(raw.get("pruner", "none")), prune_metric=str(raw.get("prune_metric", "val/mean_R")),
         prune_threshold=float(raw.get("prune_threshold", 0.0)),
@@ -195,8 +198,9 @@ def load_sweep(name: str, settings_overrides: list[str] | None = None) -> Sweep:
     need(sweep.sampler != "grid" or all(p.grid for p in params), "sampler",
          "the grid sampler needs a list of values (or choices) for every parameter")
     need(set(sweep.overrides) <= {*STAGES, "all"}, "overrides", f"stages are {STAGES} and 'all'")
-    need(any(o.metric.startswith("vqa/") for o in objectives) <= bool(sweep.vqa), "vqa",
-         "a vqa/... objective needs a vqa experiment")
+    for stage in DOWNSTREAM:
+        need(any(o.metric.startswith(f"{stage}/") for o in objectives) <= bool(getattr(sweep, stage)), stage,
+             f"a {stage}/... objective needs a {stage} experiment")
     s = sweep.settings
     need(s.workers >= 1, "sweep.workers", "must be >= 1")
     need(s.n_trials >= 0, "sweep.n_trials", "must be >= 0")
@@ -238,7 +242,7 @@ def stage_config(sweep: Sweep, stage: str, trial_overrides: dict[str, Any], cli:
                  extra: list[str]) -> config_lib.Config:
     """A stage's full config: its experiment <- the sweep's budget <- the trial's parameters <-
     the command line, validated before any work."""
-    experiment = sweep.pretrain if stage == "pretrain" else sweep.vqa
+    experiment = sweep.pretrain if stage == "pretrain" else getattr(sweep, stage)
     params = [f"{k}={_value_str(v)}" for k, v in trial_overrides.items()]
     if stage != "pretrain":  # downstream stages take the architecture keys only (weights come from pretraining)
         params = [p for p in params if p.startswith("model.")]
@@ -424,12 +428,13 @@ class TrialRunner:
             ckpt = last_checkpoint(trial_dir / (cfg.experiment or "default"))
             trial.set_user_attr("pretrain_checkpoint", str(ckpt))
             client.set_tag(child, "pretrain_checkpoint", str(ckpt))
-            if sweep.vqa:
-                cfg = tracked(stage_config(sweep, "vqa", overrides, self.cli,
-                                           [f"output_dir={trial_dir}", f"model.init_from={ckpt}"]), "vqa")
+            for stage in (s for s in DOWNSTREAM if getattr(sweep, s)):
+                cfg = tracked(stage_config(sweep, stage, overrides, self.cli,
+                                           [f"output_dir={trial_dir}", f"model.init_from={ckpt}"]), stage)
                 metrics = run(cfg, report=False)
-                values.update({f"vqa/{k}": v for k, v in metrics.items()})
-                client.set_tag(child, "vqa_checkpoint", str(last_checkpoint(trial_dir / (cfg.experiment or "default"))))
+                values.update({f"{stage}/{k}": v for k, v in metrics.items()})
+                client.set_tag(child, f"{stage}_checkpoint",
+                               str(last_checkpoint(trial_dir / (cfg.experiment or "default"))))
         except optuna.TrialPruned:
             state = "PRUNED"
             raise
@@ -596,8 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         for p in sweep.params:
             for value in p.grid[:1] or [p.low]:
                 single_process(stage_config(sweep, "pretrain", p.overrides(value), cli, []))
-                if sweep.vqa:
-                    single_process(stage_config(sweep, "vqa", p.overrides(value), cli, []))
+                for stage in (s for s in DOWNSTREAM if getattr(sweep, s)):
+                    single_process(stage_config(sweep, stage, p.overrides(value), cli, []))
         study = open_study(sweep, out)
         parent = parent_run(study, sweep)
         if sweep.settings.role == "main":

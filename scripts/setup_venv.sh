@@ -15,6 +15,10 @@ fi
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install torch==2.13.0
 $PIP install -c constraints.txt -e ".[dev]"
+# The official LVIS evaluation (LVISEval), the reference of tests/test_lvis_metrics.py. Without its
+# declared dependencies: it lists opencv-python for its visualiser only; numpy, pycocotools and
+# matplotlib are already here (pyproject.toml cannot say --no-deps, hence this line).
+$PIP install -c constraints.txt --no-deps lvis==0.5.3
 # torchvision's CUDA wheel cannot register its fake kernels on a CPU-only torch
 # (`operator torchvision::nms does not exist`). Install a .pth hook that defines
 # the two missing op schemas, but only if the plain import fails here.

@@ -20,16 +20,17 @@ def test_every_sweep_file_loads_and_every_stage_config_validates(name):
     for value in sweep.params[0].grid:
         overrides = sweep.params[0].overrides(value)
         pre = sw.stage_config(sweep, "pretrain", overrides, cli, [])
-        assert pre.task == ("pretrain" if sweep.vqa else "video_qa")  # one-stage sweeps: the video ablations
+        downstream = [sw.stage_config(sweep, s, overrides, cli, []) for s in sw.DOWNSTREAM if getattr(sweep, s)]
+        if downstream:
+            assert pre.task == "pretrain" and {c.task for c in downstream} <= {"vqa", "detection"}
+        else:  # one-stage sweeps: the video ablations
+            assert pre.task == "video_qa"
         for key, v in overrides.items():  # the trial's values reach the configs
             group, field = key.split(".", 1)
             got = getattr(getattr(pre, group), field)
             assert got == v or (isinstance(v, dict) and {**got, **v} == got), key
-        if sweep.vqa:
-            vqa = sw.stage_config(sweep, "vqa", overrides, cli, [])
-            assert vqa.task == "vqa"
-            # downstream fine-tuning uses the pretraining architecture (or init_from would not fit)
-            assert pre.model.architecture() == vqa.model.architecture()
+        # downstream fine-tuning uses the pretraining architecture (or init_from would not fit)
+        assert all(pre.model.architecture() == c.model.architecture() for c in downstream)
 
 
 def test_paper_grids():
@@ -41,9 +42,10 @@ def test_paper_grids():
 
 def test_split_overrides():
     name, settings, stage = sw.split_overrides(["sweep=xattn", "sweep.workers=2", "pretrain.data.root=/a",
-                                                "vqa.data.root=/b", "trainer.devices=2"])
+                                                "vqa.data.root=/b", "lvis.data.root=/c", "trainer.devices=2"])
     assert name == "xattn" and settings == ["workers=2"]
-    assert stage == {"pretrain": ["data.root=/a"], "vqa": ["data.root=/b"], "all": ["trainer.devices=2"]}
+    assert stage == {"pretrain": ["data.root=/a"], "vqa": ["data.root=/b"], "lvis": ["data.root=/c"],
+                     "all": ["trainer.devices=2"]}
     with pytest.raises(ConfigError, match="sweep=NAME is required"):
         sw.split_overrides(["trainer.devices=2"])
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics: retrieval recall, VQA accuracy, COCO captioning scores."""
+"""Evaluation metrics: retrieval recall, VQA accuracy, COCO captioning scores, LVIS box AP."""
 
 from mammut_pl.metrics.captioning import (
     CaptionMetrics,
@@ -6,6 +6,7 @@ from mammut_pl.metrics.captioning import (
     distinct_caption_fraction,
     ptb_tokenize,
 )
+from mammut_pl.metrics.lvis import lvis_eval
 from mammut_pl.metrics.retrieval import RetrievalRecall, retrieval_recall
 from mammut_pl.metrics.vqa import VQAAccuracy, normalize_answer, vqa_accuracy
 
@@ -15,6 +16,7 @@ __all__ = [
     "VQAAccuracy",
     "caption_scores",
     "distinct_caption_fraction",
+    "lvis_eval",
     "normalize_answer",
     "ptb_tokenize",
     "retrieval_recall",

@@ -1,0 +1,57 @@
+"""DetectionConfig: the `detection.*` keys of open-vocabulary detection (task=detection, LVIS).
+
+Torch-free (the typed config imports it); the head and losses are in mammut_pl/model/detection.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_PROMPTS = ["a {}", "a photo of a {}", "a picture of a {}"]
+
+
+@dataclass
+class DetectionConfig:
+    image_size: int = 1024  # detection resolution (square canvas); positions resampled from model.image_size
+    train_file: str = "lvis_v1_train.json"  # LVIS annotation files in data.root (v1 or v0.5)
+    val_file: str = "lvis_v1_val.json"
+    test_file: str = ""  # "" = val_file
+    base_only: bool = True  # open vocabulary: rare ('r') categories are removed from training
+    jitter_min: float = 0.1  # large-scale jitter: output scale range of the image (1.0, 1.0 = plain resize)
+    jitter_max: float = 2.0
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # class-name templates, "{}" = name
+    train_text: bool = False  # fine-tune the text side too (False: class embeddings fixed, as at pretraining)
+    # losses (Hungarian matching cost uses the same weights)
+    cls_weight: float = 2.0  # sigmoid focal loss on (token, class)
+    obj_weight: float = 1.0  # sigmoid focal loss on the token's objectness
+    l1_weight: float = 5.0  # L1 on normalised (cx, cy, w, h)
+    giou_weight: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    # inference
+    objectness_power: float = 0.5  # score = p_class^(1-a) * p_object^a
+    nms_iou: float = 0.5  # class-wise NMS
+    score_threshold: float = 0.0
+    max_detections: int = 300  # per image (LVIS' limit)
+    max_eval_images: int = 0  # 0 = all
+
+    def __post_init__(self) -> None:
+        def fail(key: str, why: str) -> None:
+            raise ValueError(f"detection.{key}={getattr(self, key)!r}: {why}")
+
+        if self.image_size <= 0:
+            fail("image_size", "must be positive")
+        if not 0 < self.jitter_min <= self.jitter_max:
+            fail("jitter_min", "need 0 < jitter_min <= jitter_max")
+        if not self.prompts or any("{}" not in p for p in self.prompts):
+            fail("prompts", "need at least one template, each with {} for the class name")
+        for key in ("cls_weight", "obj_weight", "l1_weight", "giou_weight", "focal_gamma", "max_eval_images"):
+            if getattr(self, key) < 0:
+                fail(key, "must be >= 0")
+        if not 0 <= self.focal_alpha <= 1:
+            fail("focal_alpha", "must be in [0, 1]")
+        if not 0 <= self.objectness_power <= 1:
+            fail("objectness_power", "must be in [0, 1]")
+        if not 0 < self.nms_iou <= 1:
+            fail("nms_iou", "must be in (0, 1]")
+        if not 0 < self.max_detections:
+            fail("max_detections", "must be positive")

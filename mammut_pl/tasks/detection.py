@@ -1,0 +1,148 @@
+"""Open-vocabulary detection on LVIS (experiment=lvis): MaMMUT's encoder + a detection head
+(mammut_pl/model/detection.py), class embeddings from the contrastive text pass.
+
+Training: base categories only (rare ones held out), Hungarian-matched focal + L1 + GIoU losses.
+Validation / test: every category (rare included) scored with the official LVIS protocol
+(mammut_pl.metrics.lvis_eval): AP, AP50, AP75, APs/m/l, APr, APc, APf logged as `val/...`,
+`test/...`. Test also writes the results JSON ([{"image_id", "category_id", "bbox", "score"}],
+at most 300 per image) to the run folder and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from mammut_pl.metrics.lvis import lvis_eval
+from mammut_pl.model.detection import OpenVocabDetector, class_names, class_text_embeddings
+from mammut_pl.tasks.base import MaMMUTTask
+
+log = logging.getLogger(__name__)
+
+
+class DetectionTask(MaMMUTTask):
+    def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
+        super().__init__(cfg, tokenizer)
+        self.detector = OpenVocabDetector(self.model, self.cfg.detection)
+        if not self.cfg.detection.train_text:  # the text side stays as pretrained: rare names keep their meaning
+            for p in self.model.text.parameters():
+                p.requires_grad_(False)
+        self._text_cache: dict[str, Tensor] = {}
+        self.results: list[dict[str, Any]] = []
+        self.results_path: Path | None = None
+
+    # --- class embeddings --------------------------------------------------------------------------
+    def class_embeddings(self, which: str) -> Tensor:
+        """(K, D) text embeddings of the "train" (base) or "eval" (all) categories."""
+        dm = self.trainer.datamodule
+        cats = dm.train_categories if which == "train" else dm.categories
+        if self.cfg.detection.train_text and self.training:
+            return class_text_embeddings(self.model, self.tokenizer, class_names(cats), self.cfg.detection.prompts,
+                                         self.cfg.model.context_length)
+        if which not in self._text_cache:
+            with torch.no_grad():
+                self._text_cache[which] = class_text_embeddings(self.model, self.tokenizer, class_names(cats),
+                                                                self.cfg.detection.prompts,
+                                                                self.cfg.model.context_length)
+        return self._text_cache[which]
+
+    def on_train_epoch_start(self) -> None:
+        self._text_cache.clear()  # text weights may have changed (train_text) or moved device
+
+    # --- training ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        out = self.detector(self.model, batch["images"], self.class_embeddings("train"))
+        losses = self.detector.losses(out, batch["targets"])
+        B = len(batch["images"])
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=B)
+        for k in ("cls_loss", "obj_loss", "l1_loss", "giou_loss"):
+            self.log(f"train/{k}", losses[k], batch_size=B)
+        return self.check_finite(losses["loss"])
+
+    # --- evaluation -------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.results = []
+        self._text_cache.pop("eval", None)
+
+    def on_test_epoch_start(self) -> None:
+        self.results = []
+        self._text_cache.pop("eval", None)
+
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        cats = self.trainer.datamodule.categories
+        out = self.detector(self.model, batch["images"], self.class_embeddings("eval"))
+        size = batch["images"].shape[-2:]
+        for b, image_id in enumerate(batch["image_ids"].tolist()):
+            boxes, scores, classes = self.detector.detections(out, b, (size[0], size[1]))
+            h, w = batch["orig_sizes"][b].tolist()
+            boxes = (boxes.double() / batch["scales"][b].to(boxes.device)).cpu()
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            for (x0, y0, x1, y1), s, k in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
+                if x1 - x0 <= 0 or y1 - y0 <= 0:
+                    continue
+                self.results.append({"image_id": int(image_id), "category_id": int(cats[k]["id"]),
+                                     "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                                     "score": round(float(s), 5)})
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val", self.trainer.datamodule.val_file)
+
+    def on_test_epoch_end(self) -> None:
+        dm = self.trainer.datamodule
+        results = self._score("test", dm.test_file)
+        if self.trainer.is_global_zero:
+            stem = Path(dm.test_file).stem
+            self.results_path = write_detections(results, Path(self.trainer.default_root_dir) / f"{stem}_results.json")
+            log.info("LVIS detections (%d) written to %s", len(results), self.results_path)
+            logger = self.logger
+            if logger is not None and hasattr(logger, "run_id"):
+                logger.experiment.log_artifact(logger.run_id, str(self.results_path))
+
+    def _score(self, stage: str, filename: str) -> list[dict[str, Any]]:
+        results = gather(self.results)
+        scores = lvis_eval(self.trainer.datamodule.eval_gt(filename), results)
+        # every rank holds every detection (gathered): the same scores everywhere
+        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"):
+            # -1 = no category has a value (e.g. no large boxes): logged as is, as LVIS prints it
+            self.log(f"{stage}/{key}", float(scores[key]))
+        images = len({r["image_id"] for r in results})
+        self.log(f"{stage}/detections_per_image", len(results) / max(1, images))
+        return results
+
+
+def gather(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's detections (a DistributedSampler's padding duplicates an image: kept once)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, rows)
+        seen: set[int] = set()
+        out = []
+        for part in parts:
+            images = {r["image_id"] for r in part} - seen
+            out += [r for r in part if r["image_id"] in images]
+            seen |= images
+        return out
+    return rows
+
+
+def write_detections(results: list[dict[str, Any]], path: str | Path) -> Path:
+    """The LVIS / COCO results JSON: [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(sorted(results, key=lambda r: (r["image_id"], -r["score"]))))
+    tmp.replace(path)
+    return path
