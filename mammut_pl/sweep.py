@@ -29,8 +29,10 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -319,6 +321,37 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
 
 INTERRUPTED = "interrupted (the sweep process was killed)"
 
+# SIGTERM (preemption, `kill`, a scheduler ending the job) stops the sweep, whatever the trial was
+# doing: inside training Lightning saves last.ckpt and raises; a DataLoader worker killed by the
+# same signal (sent to the whole process group) raises an ordinary error, which must not be taken
+# for the trial's own failure and let the sweep go on with the next trial.
+_TERMINATED = threading.Event()
+
+
+class SweepTerminated(SystemExit):
+    """Raised through Optuna (which leaves the trial RUNNING: the re-run retries it)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _note_sigterm(signum: int, frame: Any) -> None:
+    _TERMINATED.set()
+
+
+def stop_on_sigterm(runner: Any) -> Any:
+    """The runner, with any error raised after a SIGTERM turned into SweepTerminated."""
+    def objective(trial: optuna.Trial) -> Any:
+        if _TERMINATED.is_set():
+            raise SweepTerminated()
+        try:
+            return runner(trial)
+        except Exception as err:
+            if _TERMINATED.is_set():
+                raise SweepTerminated() from err
+            raise
+    return objective
+
 
 def counted_trials(study: optuna.Study) -> int:
     """Trials that will not run again: complete, pruned, or failed by their own error."""
@@ -439,6 +472,9 @@ class TrialRunner:
             state = "PRUNED"
             raise
         except Exception as err:
+            if _TERMINATED.is_set():  # not the trial's own failure: the sweep is being stopped
+                state = "INTERRUPTED"
+                raise
             state, error = "FAIL", f"{type(err).__name__}: {err}"
             trial.set_user_attr("error", error[:2000])
             raise
@@ -576,7 +612,7 @@ def run_workers(sweep: Sweep, study: optuna.Study, runner: TrialRunner, argv: li
         if counted_trials(study) + running >= total:
             return
         # catch: a trial that raises is recorded as failed with its error, and the study goes on
-        study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        study.optimize(stop_on_sigterm(runner), n_trials=1, catch=(Exception,), gc_after_trial=True)
 
 
 USAGE = __doc__ + "\nsweeps: {sweeps}\n"
@@ -592,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message="MLFlow only allows")  # R@1 -> R1 in MLflow (see README)
+    signal.signal(signal.SIGTERM, _note_sigterm)  # Lightning chains to it while a stage trains
     try:
         name, settings, cli = split_overrides(argv)
         sweep = load_sweep(name, settings)
@@ -620,6 +657,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SweepTerminated as stop:
+        print("sweep stopped by SIGTERM: run the same command again to continue the study "
+              "(the interrupted trial is retried)", file=sys.stderr)
+        return int(stop.code)
     return 0
 
 

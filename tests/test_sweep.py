@@ -162,3 +162,35 @@ def test_results_table_and_markdown(tmp_path):
     png = sw.plot_results(df, sweep, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.dumps(sw.load_sweep("xattn").settings.__dict__)  # settings are plain values
+
+
+def test_sigterm_to_the_process_group_stops_the_sweep_and_the_rerun_retries_the_trial(tmp_path):
+    """SIGTERM to the whole group (a scheduler, `kill -- -PGID`) kills the DataLoader workers too: the
+    trial then dies of an ordinary error, which must stop the sweep (trial left for the re-run), not
+    be recorded as the trial's own failure while the sweep goes on with the next trial."""
+    import signal
+
+    sweep = sw.load_sweep(_write(tmp_path, BASE.replace("[1, 2]", "[1, 2, 3, 4]")), [f"out={tmp_path}"])
+    study = sw.open_study(sweep, tmp_path)
+    calls = []
+
+    def runner(trial):
+        calls.append(trial.suggest_categorical("model.num_cross_attn", [1, 2, 3, 4]))
+        if len(calls) == 2:
+            sw._note_sigterm(signal.SIGTERM, None)  # what the signal handler does
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+        return float(calls[-1])
+
+    try:
+        with pytest.raises(sw.SweepTerminated) as stop:
+            sw.run_workers(sweep, study, runner, [])
+    finally:
+        sw._TERMINATED.clear()
+    assert stop.value.code == 143 and len(calls) == 2  # no third trial started
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["COMPLETE", "RUNNING"]  # not FAIL: the re-run retries it
+    study = sw.open_study(sweep, tmp_path)
+    assert sw.retry_interrupted(study) == [1]
+    sw.run_workers(sweep, study, runner, [])
+    done = [t.params["model.num_cross_attn"] for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert sorted(done) == [1, 2, 3, 4] and calls[2] == calls[1]  # the interrupted point first, each once
