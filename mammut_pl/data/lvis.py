@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mammut_pl.data.coco import field, read_json
+from mammut_pl.data.epochs import ResumableTrainData, SampleRef, batch_position, item_index
 from mammut_pl.data.transforms import MEAN, STD, load_image
 
 log = logging.getLogger(__name__)
@@ -213,11 +214,14 @@ class LVISDetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        rec = self.images[i]
+    def __getitem__(self, i: int | SampleRef) -> dict[str, Any]:
+        rec = self.images[item_index(i)]
         img = load_image(rec.path)
-        # training: drawn from torch's RNG (seeded by Lightning per process and DataLoader worker)
-        rng = random.Random(int(torch.randint(0, 2**62, (1,)))) if self.train else None
+        # training: the jitter is drawn from the item's own seed (SampleRef: exact resume), else torch's RNG
+        rng = None
+        if self.train:
+            seed = i.seed if isinstance(i, SampleRef) else int(torch.randint(0, 2**62, (1,)))
+            rng = random.Random(seed)
         scale, resized, corner = jitter_geometry(img.width, img.height, self.size, rng, self.jitter)
         image = place_image(img, self.size, resized, corner)
         out: dict[str, Any] = {"image": image, "image_id": rec.id, "scale": scale * img.width / rec.width,
@@ -237,6 +241,8 @@ class LVISDetectionDataset(Dataset):
             w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
             out["boxes"] = torch.from_numpy(np.stack([cx, cy, w, h], 1).astype(np.float32))
             out["labels"] = torch.tensor(labels, dtype=torch.long)
+        if isinstance(i, SampleRef):
+            out["position"] = (i.epoch, i.position)
         return out
 
 
@@ -247,10 +253,10 @@ def collate_detection(items: list[dict[str, Any]]) -> dict[str, Any]:
                              "orig_sizes": torch.tensor([it["orig_size"] for it in items])}
     if "boxes" in items[0]:
         batch["targets"] = [{"boxes": it["boxes"], "labels": it["labels"]} for it in items]
-    return batch
+    return {**batch, **batch_position(items)}  # where the last item stood in its epoch: for resuming
 
 
-class LVISDataModule(L.LightningDataModule):
+class LVISDataModule(ResumableTrainData, L.LightningDataModule):
     """train: `train_file`, base categories only (base_only); val / test: every category."""
 
     def __init__(self, root: str, image_size: int, train_file: str = "lvis_v1_train.json",
@@ -266,6 +272,7 @@ class LVISDataModule(L.LightningDataModule):
         self.train_file, self.val_file, self.test_file = train_file, val_file, test_file or val_file
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.max_eval_images, self.seed = max_eval_images, seed
+        self.init_resume()
         self._cache: dict[str, LVISSplit] = {}
 
     def split(self, filename: str) -> LVISSplit:
@@ -301,8 +308,10 @@ class LVISDataModule(L.LightningDataModule):
         index = {c["id"]: k for k, c in enumerate(self.train_categories)}
         ds = LVISDetectionDataset(self.split(self.train_file).images, self.image_size, index, train=True,
                                   jitter=self.jitter)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, drop_last=True, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, collate_fn=collate_detection)
+        return self.resumable_loader(ds, collate_detection)  # seeded order and jitter: exact resume
+
+    def train_size(self) -> int:
+        return len(self.split(self.train_file).images)
 
     def _eval_loader(self, filename: str) -> DataLoader:
         ds = LVISDetectionDataset(self._eval_images(filename), self.image_size, {}, train=False)
