@@ -252,3 +252,38 @@ def test_answer_vocabulary_and_exact_match_accuracy():
     assert out["accuracy/how"].item() == 100.0 and out["accuracy/where"].item() == 100.0
     assert question_type("Which way does it move?") == "which" and question_type("is it red?") == "other"
     assert not math.isnan(VideoQAAccuracy().compute()["accuracy"].item())
+
+
+def test_broken_training_videos_are_replaced_so_batches_stay_full(msrvtt, tok, tmp_path):
+    """Under DDP a rank whose batch were empty would skip the step while the others wait in the
+    loss's all-reduce: in training an undecodable clip's item is replaced by a decodable one."""
+    root = copy_world(msrvtt, tmp_path)
+    write_corrupt_videos(root / "videos")
+    broken = {f"video{i}" for i in range(4)}
+    dm = MSRVTTDataModule(str(root), tok, image_size=32, context_length=32, batch_size=4, eval_batch_size=50,
+                          num_workers=0, num_frames=4, fps=4.0, seed=3)
+    dm.setup("fit")
+    train = dm.train_questions()
+    by_id = {q.question_id: q for q in train}
+    loader = dm.train_dataloader()
+    order = [train[ref.index] for ref in loader.sampler]
+    batches = list(loader)
+    assert len(batches) == len(train) // 4
+    assert all(b["images"].shape[0] == 4 for b in batches)  # never short, never empty
+    drawn_broken = sum(q.video_id in broken for q in order[: len(batches) * 4])
+    assert drawn_broken > 0
+    # each broken question drawn is counted (a replacement may itself be broken: counted too)
+    assert sum(int(b["skipped"]) for b in batches) >= drawn_broken
+    got = [by_id[int(qid)] for b in batches for qid in b["question_ids"]]
+    assert not any(q.video_id in broken for q in got)  # what trains is decodable
+
+
+def test_training_gives_up_with_a_clear_error_when_no_video_decodes(msrvtt, tok, tmp_path):
+    root = copy_world(msrvtt, tmp_path)
+    for video in (root / "videos").iterdir():
+        video.write_bytes(b"not a video")
+    dm = MSRVTTDataModule(str(root), tok, image_size=32, context_length=32, batch_size=4, num_workers=0,
+                          num_frames=4, fps=4.0)
+    dm.setup("fit")
+    with pytest.raises(VideoError, match="training videos in a row could not be decoded.*video.video_dir"):
+        next(iter(dm.train_dataloader()))

@@ -14,8 +14,9 @@ random point in each segment; training), decoded with PyAV in the DataLoader wor
 resized / cropped on the fly (the same crop for every frame of a clip).
 
 A video that cannot be decoded (broken, truncated, garbage, no video stream, no frame) is
-skipped and counted: training batches carry `skipped` (logged as train/skipped_samples);
-evaluation counts its questions as wrong. Never a crash, never a silent zero tensor.
+skipped and counted: in training another item (drawn from the item's seed) takes its place,
+so batches stay full on every rank, and batches carry `skipped` (logged as
+train/skipped_samples); evaluation counts its questions as wrong. Never a crash, never a silent zero tensor.
 Questions (VideoQA) are generated answers: the prompt is `data.vqa_prompt`; the answer
 vocabulary is the top-K training answers (video.answer_vocab_size), training keeps the
 questions whose answer is in it, evaluation counts the others as wrong.
@@ -365,7 +366,38 @@ class _Clips(Dataset):
             return None
 
 
-class QAClips(_Clips):
+MAX_REPLACEMENTS = 32  # undecodable videos in a row before training gives up (a wrong folder, not noise)
+
+
+class _TrainableClips(_Clips):
+    """Items of a training set. In training (SampleRef) an undecodable video's item is replaced by
+    another one drawn from the item's seed (counted in `replaced`), so that every rank's batch
+    stays full: under DDP a rank with an empty batch would skip the step while the others wait
+    in the loss's collectives. Evaluation (int index) keeps the broken item (image None)."""
+
+    def path_of(self, index: int) -> str:
+        raise NotImplementedError
+
+    def make_item(self, index: int, clip: Tensor | None, extra: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int | SampleRef) -> dict[str, Any]:
+        index = item_index(i)
+        clip, extra = self.positioned_clip(i, self.path_of(index))
+        replaced = 0
+        if clip is None and isinstance(i, SampleRef):
+            draw = np.random.default_rng(i.seed)
+            while clip is None:
+                if replaced == MAX_REPLACEMENTS:
+                    raise VideoError(f"{MAX_REPLACEMENTS} training videos in a row could not be decoded (the last: "
+                                     f"{self.path_of(index)}); check data.root and video.video_dir")
+                replaced += 1
+                index = int(draw.integers(len(self)))
+                clip, extra = self.positioned_clip(i, self.path_of(index))
+        return {**self.make_item(index, clip, extra), "replaced": replaced}
+
+
+class QAClips(_TrainableClips):
     def __init__(self, questions: list[VideoQuestion], *args: Any) -> None:
         super().__init__(*args)
         self.questions = questions
@@ -373,14 +405,16 @@ class QAClips(_Clips):
     def __len__(self) -> int:
         return len(self.questions)
 
-    def __getitem__(self, i: int | SampleRef) -> dict[str, Any]:
-        q = self.questions[item_index(i)]
-        clip, extra = self.positioned_clip(i, q.path)
+    def path_of(self, index: int) -> str:
+        return self.questions[index].path
+
+    def make_item(self, index: int, clip: Tensor | None, extra: dict[str, Any]) -> dict[str, Any]:
+        q = self.questions[index]
         return {"image": clip, "question": q.question, "target": q.answer, "answers": [q.answer],
                 "answer_type": "", "question_id": q.question_id, **extra}
 
 
-class CaptionClips(_Clips):
+class CaptionClips(_TrainableClips):
     """Training: one (clip, caption) pair per caption."""
 
     def __init__(self, videos: list[CaptionedVideo], *args: Any) -> None:
@@ -390,9 +424,11 @@ class CaptionClips(_Clips):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int | SampleRef) -> dict[str, Any]:
-        v, caption = self.pairs[item_index(i)]
-        clip, extra = self.positioned_clip(i, v.path)
+    def path_of(self, index: int) -> str:
+        return self.pairs[index][0].path
+
+    def make_item(self, index: int, clip: Tensor | None, extra: dict[str, Any]) -> dict[str, Any]:
+        v, caption = self.pairs[index]
         return {"image": clip, "caption": caption, "image_id": v.index, **extra}
 
 
@@ -416,6 +452,12 @@ def _split_broken(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
     return [it for it in items if it["image"] is not None], [it for it in items if it["image"] is None]
 
 
+def _undecoded(items: list[dict[str, Any]], broken: list[dict[str, Any]]) -> int:
+    """Videos of this batch that could not be decoded: the broken items (evaluation) and the
+    ones replaced by another item (training)."""
+    return len(broken) + sum(it.get("replaced", 0) for it in items)
+
+
 class VideoQACollator(VQACollator):
     """VQACollator's prompt/answer layout over the decodable clips; `skipped` counts the others,
     whose questions and answers are kept (`skipped_questions`, `skipped_answers`) for scoring."""
@@ -424,7 +466,7 @@ class VideoQACollator(VQACollator):
         good, broken = _split_broken(items)
         batch = super().__call__(good) if good else {"images": torch.empty(0)}
         batch.update(batch_position(items))  # the last item's place, decodable or not
-        batch["skipped"] = len(broken)
+        batch["skipped"] = _undecoded(items, broken)
         batch["skipped_questions"] = [it["question"] for it in broken]
         batch["skipped_answers"] = [it["target"] for it in broken]
         return batch
@@ -437,7 +479,7 @@ class CaptionCollator:
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         good, broken = _split_broken(items)
         tok = lambda texts: self.tokenizer(texts, self.context_length, pad_to_longest=True)  # noqa: E731
-        batch: dict[str, Any] = {"skipped": len(broken), "skipped_ids": [it["image_id"] for it in broken],
+        batch: dict[str, Any] = {"skipped": _undecoded(items, broken), "skipped_ids": [it["image_id"] for it in broken],
                                  **batch_position(items)}
         if not good:
             return {**batch, "images": torch.empty(0)}
