@@ -122,6 +122,9 @@ class VideoSettings(VideoConfig):
     captions_file: str = "MSRVTT_data.json"  # or train_val_videodatainfo.json
     retrieval_csv: str = "MSRVTT_JSFUSION_test.csv"  # 1k-A test split (text -> video retrieval)
     cache_clips: bool = False  # keep every decoded frame in memory, per worker (small demo clips only)
+    # learning-rate multiplier for what the video model adds to the image model (the tube
+    # projections and the gate): they start from inflated / zero values and must learn the time axis
+    new_params_lr_scale: float = 1.0
 
     def encoder(self) -> VideoConfig:
         names = {f.name for f in dataclasses.fields(VideoConfig)}
@@ -298,6 +301,7 @@ def _validate_video(cfg: Config, need: Any) -> None:
     need(v.fps >= 0, "video.fps", "must be >= 0 (0 = spread the frames over the whole video)")
     need(v.sampling in ("uniform", "random"), "video.sampling", "expected uniform or random")
     need(v.answer_vocab_size >= 1, "video.answer_vocab_size", "must be >= 1")
+    need(v.new_params_lr_scale > 0, "video.new_params_lr_scale", "must be > 0")
     patch = (cfg.model.encoder_kwargs or {}).get("patch_size")
     try:
         v.check_clip(v.num_frames, cfg.model.image_size, patch or 16)

@@ -191,3 +191,34 @@ def test_sparse_tubes_hold_no_encoder_weights():
     m = model()
     assert all(not k.startswith("visual") for k in m.video.state_dict())
     assert isinstance(m.video, SparseTubes)
+
+
+def test_new_params_lr_scale_speeds_up_only_the_tubes_and_the_gate():
+    from types import SimpleNamespace
+
+    from mammut_pl.tasks.video import VideoQATask
+
+    overrides = [f"model.{k}={v}" for k, v in dict(encoder="test_vit", image_size=32, width=32, depth=2, heads=2,
+                                                     num_cross_attn=1, vocab_size=128, context_length=16,
+                                                     embed_dim=32, bos_id=1, eos_id=2).items()]
+    overrides += ["model.encoder_kwargs.patch_size=16", "video.num_frames=8", f"video.tube_specs={TUBES}",
+                  "optim.lr=0.002", "optim.weight_decay=0.1"]
+
+    def lr_and_decay(extra: list[str]) -> dict[str, tuple[float, float]]:
+        task = VideoQATask(C.to_dict(C.load("msrvtt_qa", overrides + extra)))
+        task._trainer = SimpleNamespace(estimated_stepping_batches=100)
+        opt = task.configure_optimizers()["optimizer"]
+        by_id = {id(p): (g["initial_lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+        named = dict(task.named_parameters())
+        assert len(by_id) == len(named)  # every parameter in exactly one group
+        return {n: by_id[id(p)] for n, p in named.items()}
+
+    plain, fast = lr_and_decay([]), lr_and_decay(["video.new_params_lr_scale=10"])
+    new = {n for n in plain if n.startswith("model.video.")}
+    assert "model.video.gate" in new and any(".tubes." in n for n in new)
+    for n, (lr, decay) in plain.items():
+        assert lr == pytest.approx(0.002)
+        assert fast[n] == (pytest.approx(0.02), decay) if n in new else fast[n] == (lr, decay)
+    assert plain["model.video.gate"][1] == 0.0 and plain["model.video.tubes.0.weight"][1] == 0.1
+    with pytest.raises(C.ConfigError, match="video.new_params_lr_scale"):
+        C.load("msrvtt_qa", ["video.new_params_lr_scale=0"])

@@ -87,19 +87,22 @@ class MaMMUTTask(L.LightningModule):
                                  "the last good checkpoint is kept")
 
     # --- optimisation ----------------------------------------------------------------
+    def lr_scale(self, name: str) -> float:
+        """Learning-rate multiplier of parameter `name` (a task may train new parts faster)."""
+        return 1.0
+
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.cfg.optim
-        decay, no_decay = [], []
+        groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             # no weight decay on biases, norms, embeddings and the contrastive scale/bias
-            if p.ndim < 2 or "embed" in name.split(".")[-1] or "token_embed" in name or "logit_" in name:
-                no_decay.append(p)
-            else:
-                decay.append(p)
+            decay = not (p.ndim < 2 or "embed" in name.split(".")[-1] or "token_embed" in name or "logit_" in name)
+            groups.setdefault((decay, self.lr_scale(name)), []).append(p)
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": params, "weight_decay": o.weight_decay if decay else 0.0, "lr": o.lr * scale}
+             for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))],
             lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
             fused=torch.cuda.is_available() and self.device.type == "cuda" or None,
         )

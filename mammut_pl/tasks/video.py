@@ -48,6 +48,9 @@ class VideoModel:
             log.info("model.init_from=%s: an image checkpoint; tube projections inflated from its patch projection",
                      path)
 
+    def lr_scale(self, name: str) -> float:
+        return self.cfg.video.new_params_lr_scale if name.startswith("model.video.") else 1.0
+
     def count_skipped(self, batch: dict[str, Any], stage: str) -> None:
         n = int(batch.get("skipped", 0))
         if stage == "train":
