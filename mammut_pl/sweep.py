@@ -363,7 +363,10 @@ def counted_trials(study: optuna.Study) -> int:
 def mlflow_client(sweep: Sweep):
     import mlflow
 
+    from mammut_pl.tracking import prepare_store
+
     uri = sweep.settings.tracking_uri or config_lib.tracking_uri(config_lib.Config())
+    prepare_store(uri)
     return mlflow.MlflowClient(uri), uri
 
 

@@ -110,12 +110,28 @@ class ResilientMLFlowLogger(MLFlowLogger):
                       "values.", self.failures, self.dropped, self.first_error, self._run_id)
 
 
+def prepare_store(uri: str) -> None:
+    """Create (or migrate) a local SQLite store under a file lock. MLflow builds a new store's
+    schema with migrations that are not safe to run twice at once: two runs (or sweep workers)
+    starting together on a fresh `mlflow.db` would otherwise crash one of them."""
+    if not uri.startswith("sqlite:///"):
+        return
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        MlflowClient(uri).search_experiments(max_results=1)
+
+
 def make_logger(cfg: Config, run_dir: Path, run_name: str) -> MLFlowLogger | None:
     """An MLFlowLogger for this run dir: a new MLflow run, or the one this dir already logged to."""
     if not cfg.mlflow.enabled:
         return None
     id_file = run_dir / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else None
+    prepare_store(tracking_uri(cfg))
     logger = ResilientMLFlowLogger(
         experiment_name=cfg.mlflow.experiment_name,
         run_name=cfg.mlflow.run_name or run_name,

@@ -122,3 +122,39 @@ def test_mlflow_ui_binds_to_loopback_by_default():
     make = (ROOT / "Makefile").read_text()
     assert re.search(r"^MLFLOW_HOST \?= 127\.0\.0\.1$", make, re.M)
     assert "--host $(MLFLOW_HOST)" in make
+
+
+def _open_store(uri: str, barrier, locked: bool, errors) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from mammut_pl.tracking import prepare_store
+
+    barrier.wait()
+    try:
+        prepare_store(uri) if locked else MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - what the unlocked race raises varies
+        errors.put(type(err).__name__)
+
+
+def _race(uri: str, locked: bool, n: int = 3) -> list[str]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    barrier, errors = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open_store, args=(uri, barrier, locked, errors)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    return [errors.get() for _ in range(errors.qsize())]
+
+
+@pytest.mark.e2e
+def test_runs_starting_together_on_a_new_sqlite_store_all_start(tmp_path):
+    """MLflow's schema migrations of a new SQLite store are not safe to run twice at once (two
+    `fit` runs or sweep workers starting together): prepare_store serialises them."""
+    import mlflow  # noqa: F401 - imported before forking, as fit / sweep have it
+
+    assert _race(f"sqlite:///{tmp_path / 'locked' / 'mlflow.db'}", locked=True) == []
+    # the race is real: without the lock, processes starting together fail
+    assert any(_race(f"sqlite:///{tmp_path / f'raw{attempt}.db'}", locked=False) for attempt in range(3))
