@@ -187,7 +187,8 @@ def describe_data(task: str, split: str, cfg: Config, datamodule: Any) -> dict[s
     if task == "detection":
         gt = datamodule.eval_gt(datamodule.test_file)
         return {"data": "lvis", "root": cfg.data.root, "split": split,
-                "annotation_file": datamodule.test_file, "images": len(gt["images"]), "annotations": len(gt["annotations"]),
+                "annotation_file": datamodule.test_file, "images": len(gt["images"]),
+                "annotations": len(gt["annotations"]),
                 "categories": len(datamodule.categories),
                 "subset": limit("detection.max_eval_images", cfg.detection.max_eval_images)}
     images = datamodule.split(cfg.data.test_split)

@@ -10,7 +10,8 @@
     python -m mammut_pl.predict ckpt=outputs/msrvtt_qa/RUN/checkpoints/best.ckpt video=clips/ question="what appears first?"
     # detection checkpoints (lvis): boxes per image, over the checkpoint's LVIS categories or any names
     python -m mammut_pl.predict ckpt=outputs/lvis/RUN/checkpoints/best.ckpt image=photos/
-    python -m mammut_pl.predict ckpt=outputs/lvis/RUN/checkpoints/best.ckpt image=photo.jpg categories="cat,dog,red star" score_threshold=0.1 out=boxes.json
+    python -m mammut_pl.predict ckpt=outputs/lvis/RUN/checkpoints/best.ckpt image=photo.jpg \\
+        categories="cat,dog,red star" score_threshold=0.1 out=boxes.json
 
 The config is the one stored in the checkpoint; `key=value` overrides it (e.g.
 `data.root=/data/vqav2`, `eval.num_beams=3`). `experiment=NAME` takes the task,

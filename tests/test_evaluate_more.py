@@ -96,7 +96,8 @@ def test_evaluate_videoqa_equals_accuracy_recomputed(world, ckpts, tmp_path, mon
     assert evaluate.main(["task=videoqa", f"ckpt={ckpts['videoqa']}", f"data.root={broken}", *QUIET]) == 0
     run_eval = ckpts["videoqa"].parent.parent / "eval"  # next to the run
     report = json.loads((run_eval / "videoqa_msrvtt_test.json").read_text())
-    answers = {r["question_id"]: r["answer"] for r in json.loads((run_eval / "msrvtt_qa_test_results.json").read_text())}
+    results = json.loads((run_eval / "msrvtt_qa_test_results.json").read_text())
+    answers = {r["question_id"]: r["answer"] for r in results}
 
     cfg = config_lib.from_dict(torch.load(ckpts["videoqa"], weights_only=True)["hyper_parameters"]["cfg"])
     questions = read_msrvtt_qa(broken, "test")
@@ -292,7 +293,8 @@ def test_predict_detection_open_vocabulary_scores(world, ckpts, tmp_path):
         x = torch.from_numpy(np.asarray(img.resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255).permute(2, 0, 1)
         x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
         res = task.detector(task.model, x[None], text)
-    score = res["logits"][0].sigmoid() ** (1 - t.objectness_power) * res["objectness"][0].sigmoid()[:, None] ** t.objectness_power
+    a = t.objectness_power
+    score = res["logits"][0].sigmoid() ** (1 - a) * res["objectness"][0].sigmoid()[:, None] ** a
     best = row["detections"][0]
     assert best["score"] == pytest.approx(float(score.max()), abs=1e-5)
     assert best["category"] == names[int(score.max(0).values.argmax())]

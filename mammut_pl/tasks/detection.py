@@ -132,7 +132,8 @@ def image_detections(detector: OpenVocabDetector, out: dict[str, Tensor], b: int
     rows = []
     for (x0, y0, x1, y1), s, k in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
         if x1 - x0 > 0 and y1 - y0 > 0:
-            rows.append(([round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], round(float(s), 5), int(k)))
+            bbox = [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
+            rows.append((bbox, round(float(s), 5), int(k)))
     return rows
 
 
