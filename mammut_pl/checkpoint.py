@@ -84,5 +84,23 @@ def task_with_weights(cfg: Config, ckpt: dict[str, Any], path: str | Path):
     if missing:
         raise ValueError(f"{path}: the checkpoint lacks {len(missing)} model tensors, e.g. {missing[:3]} "
                          "(was it trained with another architecture?)")
+    load_task_head(module, ckpt, path, cfg.task)
     module.eval()
     return module, tokenizer
+
+
+def load_task_head(module: Any, ckpt: dict[str, Any], path: str | Path, task: str) -> None:
+    """The task's own trained tensors outside the model (the detection head: `detector.*`); a
+    checkpoint without them (another task's) would leave them freshly initialised: an error."""
+    head = {k: v for k, v in module.state_dict().items() if not k.startswith("model.")}
+    if not head:
+        return
+    stored = ckpt["state_dict"]
+    lacking = [k for k in head if k not in stored]
+    if lacking:
+        raise ValueError(f"{path}: the checkpoint lacks {len(lacking)} tensors of task={task} outside the model, "
+                         f"e.g. {lacking[:2]} (a checkpoint of another task?)")
+    wrong = [f"{k} {tuple(stored[k].shape)} vs {tuple(v.shape)}" for k, v in head.items() if stored[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{path}: {len(wrong)} tensors do not fit task={task}, e.g. {wrong[0]}")
+    module.load_state_dict({k: stored[k] for k in head}, strict=False)

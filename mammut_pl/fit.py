@@ -77,7 +77,8 @@ def build_datamodule(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule
                                 sampling=v.sampling, video_dir=v.video_dir, answer_vocab_size=v.answer_vocab_size,
                                 prompt=d.vqa_prompt, max_answer_tokens=d.max_answer_tokens,
                                 max_eval_questions=d.max_eval_questions, captions_file=v.captions_file,
-                                retrieval_csv=v.retrieval_csv, cache_clips=v.cache_clips, seed=cfg.seed, **common)
+                                retrieval_csv=v.retrieval_csv, cache_clips=v.cache_clips, test_split=d.test_split,
+                                seed=cfg.seed, **common)
     if d.name == "webdata":
         from mammut_pl.data.coco import CocoCaptionsDataModule
         from mammut_pl.data.webdata import WebDataModule

@@ -357,13 +357,24 @@ class _Clips(Dataset):
         with seeded(i.seed):
             return self.clip(path), {"position": (i.epoch, i.position)}
 
+    def load(self, path: str) -> Tensor:
+        """The clip (T, 3, S, S); raises VideoError naming the file."""
+        return self.transform(self.frames(path))
+
     def clip(self, path: str) -> Tensor | None:
         """The clip, or None (logged) when the video cannot be decoded: the collator counts it."""
         try:
-            return self.transform(self.frames(path))
+            return self.load(path)
         except VideoError as err:
             log.warning("skipping: %s", err)
             return None
+
+
+def eval_clip_reader(image_size: int, num_frames: int, fps: float) -> _Clips:
+    """Evaluation's clip path on its own (uniform sampling at segment centres, resize + centre
+    crop): `reader.load(path)` is the clip val / test feed the model, for any video file
+    (`python -m mammut_pl.predict video=`)."""
+    return _Clips(ClipTransform(image_size, train=False), num_frames, fps, random=False)
 
 
 MAX_REPLACEMENTS = 32  # undecodable videos in a row before training gives up (a wrong folder, not noise)
@@ -508,7 +519,8 @@ class MSRVTTDataModule(ResumableTrainData, L.LightningDataModule):
                  answer_vocab_size: int = 1000, prompt: str = DEFAULT_PROMPT, max_answer_tokens: int = 8,
                  max_eval_questions: int = 0, captions_file: str = "MSRVTT_data.json",
                  retrieval_csv: str = "MSRVTT_JSFUSION_test.csv", augment: bool = True,
-                 crop_scale_min: float = 0.8, cache_clips: bool = False, seed: int = 0) -> None:
+                 crop_scale_min: float = 0.8, cache_clips: bool = False, test_split: str = "test",
+                 seed: int = 0) -> None:
         super().__init__()
         self.seed = seed
         self.init_resume()
@@ -524,7 +536,9 @@ class MSRVTTDataModule(ResumableTrainData, L.LightningDataModule):
         self.video_dir, self.answer_vocab_size = video_dir, answer_vocab_size
         self.max_eval_questions, self.captions_file, self.retrieval_csv = max_eval_questions, captions_file, retrieval_csv
         self.augment, self.crop_scale_min, self.cache_clips = augment, crop_scale_min, cache_clips
-        self.val_split, self.test_split = "val", "test"
+        if test_split not in CAPTION_SPLITS:
+            raise ValueError(f"MSRVTT test split {test_split!r}: expected one of {', '.join(CAPTION_SPLITS)}")
+        self.val_split, self.test_split = "val", test_split
         self.qa_collate = VideoQACollator(tokenizer, context_length, prompt, max_answer_tokens)
         self._qa: dict[str, list[VideoQuestion]] = {}
         self._captions: dict[str, list[CaptionedVideo]] | None = None

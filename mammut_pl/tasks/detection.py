@@ -79,17 +79,11 @@ class DetectionTask(MaMMUTTask):
         out = self.detector(self.model, batch["images"], self.class_embeddings("eval"))
         size = batch["images"].shape[-2:]
         for b, image_id in enumerate(batch["image_ids"].tolist()):
-            boxes, scores, classes = self.detector.detections(out, b, (size[0], size[1]))
             h, w = batch["orig_sizes"][b].tolist()
-            boxes = (boxes.double() / batch["scales"][b].to(boxes.device)).cpu()
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            for (x0, y0, x1, y1), s, k in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
-                if x1 - x0 <= 0 or y1 - y0 <= 0:
-                    continue
-                self.results.append({"image_id": int(image_id), "category_id": int(cats[k]["id"]),
-                                     "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                                     "score": round(float(s), 5)})
+            for bbox, s, k in image_detections(self.detector, out, b, (size[0], size[1]), float(batch["scales"][b]),
+                                               (h, w)):
+                self.results.append({"image_id": int(image_id), "category_id": int(cats[k]["id"]), "bbox": bbox,
+                                     "score": s})
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch)
@@ -121,6 +115,26 @@ class DetectionTask(MaMMUTTask):
         images = len({r["image_id"] for r in results})
         self.log(f"{stage}/detections_per_image", len(results) / max(1, images))
         return results
+
+
+def image_detections(detector: OpenVocabDetector, out: dict[str, Tensor], b: int, canvas: tuple[int, int],
+                     scale: float, size: tuple[int, int]) -> list[tuple[list[float], float, int]]:
+    """Image b's detections in its original pixels: [([x, y, w, h], score, class index)], best first.
+
+    `canvas` (H, W) is the detection input; the image was resized by `scale` into its top-left
+    corner (evaluation's geometry), so boxes are divided by `scale` and clamped to `size` (H, W);
+    boxes left empty by the clamp (wholly on the padding) are dropped."""
+    boxes, scores, classes = detector.detections(out, b, canvas)
+    h, w = size
+    boxes = (boxes.double() / scale).cpu()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    rows = []
+    for (x0, y0, x1, y1), s, k in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
+        if x1 - x0 > 0 and y1 - y0 > 0:
+            bbox = [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
+            rows.append((bbox, round(float(s), 5), int(k)))
+    return rows
 
 
 def gather(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

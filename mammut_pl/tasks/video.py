@@ -67,6 +67,7 @@ class VideoQATask(VideoModel, VQATask):
         self.val_accuracy = VideoQAAccuracy()
         self.test_accuracy = VideoQAAccuracy()
         self._vocab_set: set[str] | None = None
+        self.results_path: Path | None = None  # where test wrote the answers JSON (set after a test)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -101,8 +102,10 @@ class VideoQATask(VideoModel, VQATask):
         self._log_accuracy(self.test_accuracy, "test")
         results = gather_results(self.results)
         if self.trainer.is_global_zero and results:
-            path = write_results_json(results, Path(self.trainer.default_root_dir) / "msrvtt_qa_test_results.json",
+            split = getattr(self.trainer.datamodule, "test_split", "test")
+            path = write_results_json(results, Path(self.trainer.default_root_dir) / f"msrvtt_qa_{split}_results.json",
                                       "question_id")
+            self.results_path = path
             log.info("MSRVTT-QA answers (%d) written to %s", len(results), path)
             if isinstance(self.logger, MLFlowLogger):
                 self.logger.experiment.log_artifact(self.logger.run_id, str(path))
