@@ -92,13 +92,18 @@ def test_overhead_generation_retrieval_data(smoke):
     assert math.isclose(ov["ratios"]["full/contrastive"], full["median"] / con["median"], rel_tol=1e-9)
 
     ge = res["generate"]
-    assert ge["identical_tokens"] is True
-    assert ge["tokens_shape"] == [ge["batch_size"], ge["new_tokens"]] and ge["new_tokens"] == 30
-    for row in ge["rows"].values():
-        check_times(row["time_s"]), check_times(row["cpu_s"])
-        assert math.isclose(row["tokens_per_s"], ge["batch_size"] * ge["new_tokens"] / row["time_s"]["median"], rel_tol=1e-9)
-    assert math.isclose(ge["speedup"], ge["rows"]["cache"]["tokens_per_s"] / ge["rows"]["no_cache"]["tokens_per_s"],
-                        rel_tol=1e-9)
+    plan = res["plan"]
+    assert [at["batch_size"] for at in ge["by_batch"]] == [plan["gen_batch"], plan["gen_eval_batch"]]
+    assert ge["batch_size"] == plan["gen_eval_batch"] and ge["speedup"] == ge["by_batch"][-1]["speedup"]
+    for at in ge["by_batch"]:
+        assert at["identical_tokens"] is True
+        assert at["tokens_shape"] == [at["batch_size"], at["new_tokens"]] and at["new_tokens"] == 30
+        for row in at["rows"].values():
+            check_times(row["time_s"]), check_times(row["cpu_s"])
+            assert math.isclose(row["tokens_per_s"], at["batch_size"] * at["new_tokens"] / row["time_s"]["median"],
+                                rel_tol=1e-9)
+        assert math.isclose(at["speedup"], at["rows"]["cache"]["tokens_per_s"] / at["rows"]["no_cache"]["tokens_per_s"],
+                            rel_tol=1e-9)
 
     rt = res["retrieval"]
     assert rt["n_texts"] == 5 * rt["n_images"]
