@@ -213,7 +213,7 @@ def test_new_params_lr_scale_speeds_up_only_the_tubes_and_the_gate():
         assert len(by_id) == len(named)  # every parameter in exactly one group
         return {n: by_id[id(p)] for n, p in named.items()}
 
-    plain, fast = lr_and_decay([]), lr_and_decay(["video.new_params_lr_scale=10"])
+    plain, fast = lr_and_decay(["video.new_params_lr_scale=1"]), lr_and_decay(["video.new_params_lr_scale=10"])
     new = {n for n in plain if n.startswith("model.video.")}
     assert "model.video.gate" in new and any(".tubes." in n for n in new)
     for n, (lr, decay) in plain.items():
