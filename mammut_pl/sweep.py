@@ -296,10 +296,14 @@ def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
 
 
 def open_study(sweep: Sweep, out: Path) -> optuna.Study:
-    return optuna.create_study(
-        study_name=sweep.settings.study_name or sweep.name, storage=storage_for(sweep, out),
-        sampler=make_sampler(sweep), pruner=make_pruner(sweep), directions=sweep.directions, load_if_exists=True,
-    )
+    from mammut_pl.tracking import sqlite_creation_lock
+
+    storage = storage_for(sweep, out)
+    with sqlite_creation_lock(storage if isinstance(storage, str) else ""):  # a new SQLite study: one at a time
+        return optuna.create_study(
+            study_name=sweep.settings.study_name or sweep.name, storage=storage,
+            sampler=make_sampler(sweep), pruner=make_pruner(sweep), directions=sweep.directions, load_if_exists=True,
+        )
 
 
 def retry_interrupted(study: optuna.Study) -> list[int]:

@@ -6,6 +6,7 @@ one clear error; one that goes away mid-run does not stop training or checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -13,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -110,18 +111,30 @@ class ResilientMLFlowLogger(MLFlowLogger):
                       "values.", self.failures, self.dropped, self.first_error, self._run_id)
 
 
-def prepare_store(uri: str) -> None:
-    """Create (or migrate) a local SQLite store under a file lock. MLflow builds a new store's
-    schema with migrations that are not safe to run twice at once: two runs (or sweep workers)
-    starting together on a fresh `mlflow.db` would otherwise crash one of them."""
+@contextlib.contextmanager
+def sqlite_creation_lock(uri: str) -> Iterator[None]:
+    """Held while a local SQLite store (MLflow's runs, Optuna's study) is opened for the first
+    time. Both build a new store's schema with migrations that are not safe to run twice at
+    once: two runs, sweep workers or a sweep and a reader starting together on a new file would
+    otherwise crash one of them. No-op for other URIs."""
     if not uri.startswith("sqlite:///"):
+        yield
         return
     from filelock import FileLock
-    from mlflow.tracking import MlflowClient
 
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{db}.lock"):
+        yield
+
+
+def prepare_store(uri: str) -> None:
+    """Create (or migrate) a local SQLite MLflow store under `sqlite_creation_lock`."""
+    if not uri.startswith("sqlite:///"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    with sqlite_creation_lock(uri):
         MlflowClient(uri).search_experiments(max_results=1)
 
 

@@ -16,6 +16,7 @@ import mlflow
 import optuna
 import pytest
 
+from mammut_pl.tracking import sqlite_creation_lock
 from tests.notebook_utils import errors, notebook_report, pngs, run_notebook
 
 pytestmark = pytest.mark.e2e
@@ -54,8 +55,9 @@ def world(tmp_path_factory):
 def running_trial(db: Path) -> int | None:
     if not db.exists():
         return None
-    try:
-        study = optuna.load_study(study_name="xattn_tiny", storage=f"sqlite:///{db}")
+    try:  # under the sweep's creation lock: opening a store the sweep is still creating would race it
+        with sqlite_creation_lock(f"sqlite:///{db}"):
+            study = optuna.load_study(study_name="xattn_tiny", storage=f"sqlite:///{db}")
     except Exception:  # noqa: BLE001 - not created yet
         return None
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))

@@ -124,24 +124,37 @@ def test_mlflow_ui_binds_to_loopback_by_default():
     assert "--host $(MLFLOW_HOST)" in make
 
 
-def _open_store(uri: str, barrier, locked: bool, errors) -> None:
+def _open_store(kind: str, uri: str, barrier, locked: bool, errors) -> None:
+    import optuna
     from mlflow.tracking import MlflowClient
 
-    from mammut_pl.tracking import prepare_store
+    from mammut_pl.tracking import prepare_store, sqlite_creation_lock
+
+    def open_it() -> None:
+        if kind == "mlflow":
+            MlflowClient(uri).search_experiments(max_results=1)
+        else:
+            optuna.create_study(study_name="s", storage=uri, load_if_exists=True)
 
     barrier.wait()
     try:
-        prepare_store(uri) if locked else MlflowClient(uri).search_experiments(max_results=1)
+        if not locked:
+            open_it()
+        elif kind == "mlflow":
+            prepare_store(uri)
+        else:
+            with sqlite_creation_lock(uri):  # as sweep.open_study does
+                open_it()
     except Exception as err:  # noqa: BLE001 - what the unlocked race raises varies
         errors.put(type(err).__name__)
 
 
-def _race(uri: str, locked: bool, n: int = 3) -> list[str]:
+def _race(kind: str, uri: str, locked: bool, n: int = 3) -> list[str]:
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     barrier, errors = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_open_store, args=(uri, barrier, locked, errors)) for _ in range(n)]
+    procs = [ctx.Process(target=_open_store, args=(kind, uri, barrier, locked, errors)) for _ in range(n)]
     for p in procs:
         p.start()
     for p in procs:
@@ -150,11 +163,15 @@ def _race(uri: str, locked: bool, n: int = 3) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_runs_starting_together_on_a_new_sqlite_store_all_start(tmp_path):
-    """MLflow's schema migrations of a new SQLite store are not safe to run twice at once (two
-    `fit` runs or sweep workers starting together): prepare_store serialises them."""
-    import mlflow  # noqa: F401 - imported before forking, as fit / sweep have it
+@pytest.mark.parametrize("kind", ["mlflow", "optuna"])
+def test_processes_starting_together_on_a_new_sqlite_store_all_start(tmp_path, kind):
+    """MLflow's and Optuna's schema migrations of a new SQLite store are not safe to run twice at
+    once (two `fit` runs, sweep workers, a sweep and a reader starting together):
+    `sqlite_creation_lock` serialises them."""
+    import mlflow  # noqa: F401 - imported before forking, as fit / sweep have them
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-    assert _race(f"sqlite:///{tmp_path / 'locked' / 'mlflow.db'}", locked=True) == []
+    assert _race(kind, f"sqlite:///{tmp_path / 'locked' / 'store.db'}", locked=True) == []
     # the race is real: without the lock, processes starting together fail
-    assert any(_race(f"sqlite:///{tmp_path / f'raw{attempt}.db'}", locked=False) for attempt in range(3))
+    assert any(_race(kind, f"sqlite:///{tmp_path / f'raw{attempt}.db'}", locked=False) for attempt in range(3))
