@@ -10,7 +10,8 @@
   scores them, and at test text -> video retrieval R@1/5/10 on the 1k-A sentences.
 
 Clips that could not be decoded arrive as `batch["skipped"]`: counted (train/skipped_samples,
-{val,test}/skipped_videos); their questions count as wrong.
+{val,test}/skipped_videos). In training another item has taken their place (MSRVTT datasets), so a
+training batch is never empty; in evaluation their questions count as wrong.
 """
 
 from __future__ import annotations
@@ -76,9 +77,7 @@ class VideoQATask(VideoModel, VQATask):
             self.val_accuracy.vocabulary = self.test_accuracy.vocabulary = self._vocab_set = vocab
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        self.count_skipped(batch, "train")
-        if not len(batch["images"]):
-            return None
+        self.count_skipped(batch, "train")  # training batches are never empty: broken clips are replaced
         return super().training_step(batch, batch_idx)
 
     def _eval_step(self, batch: dict[str, Any], metric: VideoQAAccuracy, stage: str) -> list[str]:
@@ -146,10 +145,8 @@ class VideoCaptioningTask(VideoModel, CaptioningTask):
         self.test_retrieval = RetrievalRecall()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        self.count_skipped(batch, "train")
+        self.count_skipped(batch, "train")  # training batches are never empty: broken clips are replaced
         clips, tokens = batch["images"], batch["tokens"]
-        if not len(clips):
-            return None
         w_con, w_cap = self.cfg.loss.contrastive_weight, self.cfg.loss.caption_weight
         out = self.model(clips, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True)
         B, total = len(clips), 0.0
