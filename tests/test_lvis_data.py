@@ -72,9 +72,25 @@ def test_reads_v0_5_file_names(lvis_root, tmp_path):
     assert split.version == "v0.5"
     assert all(im.path.startswith(str(root / "train2017")) and (root / "train2017" / im.path.split("/")[-1]).is_file()
                for im in split.images)
+
+
+def test_v0_5_coco2014_names_map_to_the_2017_folder_of_the_split(tmp_path):
+    """Real v0.5 files name images 'COCO_val2014_<12 digits>.jpg' (as detectron2's and mmdet's LVIS v0.5
+    loaders read them) while the images are COCO 2017's: v0.5 train holds val2014 images too, all in
+    train2017. The 2014 layout is used only where the 2017 file is missing."""
     from mammut_pl.data.lvis import image_file
-    assert image_file(root, {"file_name": "COCO_val2014_000000000139.jpg"}, "x", "val")[0] == \
-        root / "val2014" / "COCO_val2014_000000000139.jpg"
+    name = "COCO_val2014_000000000139.jpg"
+    assert image_file(tmp_path, {"file_name": name}, "x", "train")[0] == tmp_path / "train2017" / "000000000139.jpg"
+    assert image_file(tmp_path, {"file_name": name}, "x", "val")[0] == tmp_path / "val2017" / "000000000139.jpg"
+    (tmp_path / "val2014").mkdir()
+    (tmp_path / "val2014" / name).write_bytes(b"jpeg")
+    assert image_file(tmp_path, {"file_name": name}, "x", "val")[0] == tmp_path / "val2014" / name
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "val2017" / "000000000139.jpg").write_bytes(b"jpeg")
+    assert image_file(tmp_path, {"file_name": name}, "x", "val")[0] == tmp_path / "val2017" / "000000000139.jpg"
+    # v1 records have no file_name: the folder and name come from coco_url, whatever the split
+    url = {"coco_url": "http://images.cocodataset.org/train2017/000000391895.jpg"}
+    assert image_file(tmp_path, url, "x", "val") == (tmp_path / "train2017" / "000000391895.jpg", "v1")
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -45,8 +45,11 @@ def test_reader_loads_the_real_file(name):
     for rec in raw["images"][:200]:  # the image file comes from coco_url (v1) or file_name (v0.5)
         im = by_id[rec["id"]]
         assert (im.width, im.height) == (rec["width"], rec["height"])
-        expected = rec.get("file_name") or "/".join(rec["coco_url"].split("/")[-2:])
-        assert im.path.endswith(expected.split("/")[-1])
+        if "file_name" in rec:  # v0.5: COCO_val2014_000000397133.jpg -> {split}2017/000000397133.jpg
+            expected = rec["file_name"][-16:] if rec["file_name"].startswith("COCO_") else rec["file_name"]
+        else:
+            expected = "/".join(rec["coco_url"].split("/")[-2:])
+        assert im.path.endswith(expected), (im.path, expected)
     folders = {Path(im.path).parent for im in split.images}
     if all(f.is_dir() for f in folders):  # with the COCO images: every referenced file exists
         missing = [im.path for im in split.images if not Path(im.path).is_file()]

@@ -6,7 +6,10 @@
 An image's file is derived from `coco_url` (v1: ".../train2017/000000391895.jpg" ->
 ROOT/train2017/000000391895.jpg; LVIS v1 val holds images of both COCO folders) or, in v0.5,
 from `file_name` (in the folder of the split: train -> train2017, val -> val2017; a file name
-with a folder part is taken relative to ROOT). Boxes are [x, y, w, h] in pixels.
+with a folder part is taken relative to ROOT). v0.5 names its images in the COCO 2014 style
+("COCO_val2014_000000397133.jpg") while the images are the COCO 2017 ones: the file is
+ROOT/{split}2017/000000397133.jpg (LVIS v0.5 train also holds images of COCO val2014, all of
+them in train2017), or, only where that is missing, the 2014 layout ROOT/val2014/COCO_val2014_.... Boxes are [x, y, w, h] in pixels.
 
 Open-vocabulary protocol: training sees the base categories only (frequency 'c' and 'f'); the
 annotations of rare ('r') categories are removed from training (their images stay); evaluation
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any
@@ -82,9 +86,13 @@ def image_file(root: Path, record: dict[str, Any], where: str, split: str) -> tu
         raise ValueError(f"{where}: field 'file_name' {name!r} is not a file name inside the dataset")
     if "/" in name:
         return root / name, "v0.5"
-    if name.startswith("COCO_") and name.count("_") >= 2:  # COCO_val2014_000000000139.jpg
-        return root / name.split("_")[1] / name, "v0.5"
-    return root / f"{split}2017" / name, "v0.5"
+    folder = root / f"{split}2017"
+    coco2014 = re.fullmatch(r"COCO_((?:train|val|test)2014)_(\d{12}\.jpg)", name)
+    if coco2014:  # COCO_val2014_000000000139.jpg: the 2017 file is 000000000139.jpg in the split's folder
+        in_2017 = folder / coco2014.group(2)
+        in_2014 = root / coco2014.group(1) / name
+        return (in_2014 if not in_2017.exists() and in_2014.exists() else in_2017), "v0.5"
+    return folder / name, "v0.5"
 
 
 def _ids(record: dict[str, Any], key: str, where: str) -> list[int]:
