@@ -71,6 +71,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Realistic COCO-style captions (8-20 words); the batch takes them in order, cycling.
@@ -346,6 +347,38 @@ def build_mammut_pl(scale: str, with_padded: bool = True) -> list[Contender]:
     return out
 
 
+class ImageTowerOnly(nn.Module):
+    """mammut_pl's image encoder and image projection alone: the part of the step every contender
+    shares (all use a ViT-B/32 at 224 px), hence the floor of any step-time ratio to them."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        from mammut_pl.model.encoder import ImageEncoder
+
+        self.visual = ImageEncoder(config)
+        self.image_proj = nn.Linear(self.visual.width, config.embed_dim, bias=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return F.normalize(self.image_proj(self.visual.pool(self.visual(images))), dim=-1)  # (B, D)
+
+
+def build_image_tower(scale: str) -> list[Contender]:
+    torch.manual_seed(0)
+    cfg = mammut_config("b32" if scale == "real" else "test")
+    model = ImageTowerOnly(cfg)
+
+    def loss(view: nn.Module) -> LossFn:  # InfoNCE against fixed text embeddings: no text-side work
+        def fn(images: Tensor, tokens: Tensor) -> Tensor:
+            text = F.normalize(torch.randn(images.shape[0], cfg.embed_dim, generator=torch.Generator().manual_seed(1)),
+                               dim=-1).to(images.device)
+            logits = 10.0 * view(images) @ text.t()
+            labels = torch.arange(images.shape[0], device=images.device)
+            return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        return fn
+    return [Contender("image_tower", "floor: the shared image tower alone (ViT-B/32 + projection, no text)",
+                      model, loss)]
+
+
 def build_open_clip(scale: str) -> list[Contender]:
     import open_clip
 
@@ -490,7 +523,8 @@ def section_train(plan: Plan, device: torch.device) -> dict[str, Any]:
     size = 224 if plan.scale == "real" else 32
     images = random_images(plan.batch, size)
     skipped: dict[str, str] = {}
-    contenders = build_mammut_pl(plan.scale) + build_open_clip(plan.scale) + optional(build_lucidrains, plan.scale, skipped)
+    contenders = (build_mammut_pl(plan.scale) + build_open_clip(plan.scale)
+                  + optional(build_lucidrains, plan.scale, skipped) + build_image_tower(plan.scale))
     rows = measure_training(contenders, images, tokens, plan.warmup, plan.rounds, device)
     out = {
         "device": "cpu", "precision": "fp32", "batch_size": plan.batch, "image_size": size,
@@ -502,6 +536,9 @@ def section_train(plan: Plan, device: torch.device) -> dict[str, Any]:
             "mammut_pl/clip": ratio(rows, "mammut_pl", "clip"),
             "mammut_pl/mammut_pl_padded": ratio(rows, "mammut_pl", "mammut_pl_padded"),
             "lucidrains/coca": ratio(rows, "lucidrains", "coca"),
+            "image_tower/coca": ratio(rows, "image_tower", "coca"),
+            "image_tower/mammut_pl": ratio(rows, "image_tower", "mammut_pl"),
+            "cpu image_tower/coca": ratio(rows, "image_tower", "coca", "cpu_s"),
             "cpu mammut_pl/coca": ratio(rows, "mammut_pl", "coca", "cpu_s"),
             "cpu mammut_pl/lucidrains": ratio(rows, "mammut_pl", "lucidrains", "cpu_s"),
         },
@@ -841,6 +878,9 @@ def markdown(res: dict[str, Any]) -> str:
                   f"{_fmt_ratio(r['mammut_pl/lucidrains'], TARGETS['train.mammut_pl/lucidrains'])} | "
                   f"{_fmt_ratio(r.get('cpu mammut_pl/lucidrains'))} |",
                   f"| step time mammut_pl / CLIP (CPU) | {_fmt_ratio(r['mammut_pl/clip'])} | |",
+                  f"| floor: image tower alone / CoCa (the ViT-B/32 all contenders share; its share of "
+                  f"mammut_pl's step: {_fmt_ratio(r.get('image_tower/mammut_pl'))}) | "
+                  f"{_fmt_ratio(r.get('image_tower/coca'))} | {_fmt_ratio(r.get('cpu image_tower/coca'))} |",
                   f"| step time mammut_pl packed / padded forward | {_fmt_ratio(r['mammut_pl/mammut_pl_padded'])} | |"]
         if "memory mammut_pl/coca" in r:
             lines.append(f"| memory (state + step peak) mammut_pl / CoCa | {_fmt_ratio(r['memory mammut_pl/coca'], 1.0)} | |")

@@ -60,7 +60,8 @@ def test_training_rows_and_ratios_are_consistent(smoke):
     _, res, _ = smoke
     tr = res["train"]
     assert set(tr["skipped"]) <= {"lucidrains"}
-    assert set(tr["rows"]) == {"mammut_pl", "mammut_pl_padded", "coca", "clip", "lucidrains"} - set(tr["skipped"])
+    assert set(tr["rows"]) == {"mammut_pl", "mammut_pl_padded", "coca", "clip", "lucidrains",
+                               "image_tower"} - set(tr["skipped"])
     B = tr["batch_size"]
     assert tr["tokens_shape"][0] == B and tr["tokens_shape"][1] <= 76
     for row in tr["rows"].values():
@@ -79,8 +80,20 @@ def test_training_rows_and_ratios_are_consistent(smoke):
     else:
         assert math.isclose(r["mammut_pl/lucidrains"], med["mammut_pl"] / med["lucidrains"], rel_tol=1e-9)
     assert math.isclose(r["mammut_pl/clip"], med["mammut_pl"] / med["clip"], rel_tol=1e-9)
+    assert math.isclose(r["image_tower/coca"], med["image_tower"] / med["coca"], rel_tol=1e-9)
+    assert math.isclose(r["image_tower/mammut_pl"], med["image_tower"] / med["mammut_pl"], rel_tol=1e-9)
     cpu = {k: r["cpu_s"]["median"] for k, r in tr["rows"].items()}
     assert math.isclose(r["cpu mammut_pl/coca"], cpu["mammut_pl"] / cpu["coca"], rel_tol=1e-9)
+
+
+def test_the_floor_is_mammut_pls_own_image_tower():
+    """The floor contender holds exactly mammut_pl's image encoder and image projection."""
+    floor = bench.build_image_tower("tiny")[0].model
+    full = bench.build_mammut_pl("tiny", with_padded=False)[0].model
+    tower = [p.numel() for n, p in full.named_parameters() if n.startswith(("visual.", "image_proj."))]
+    assert sum(p.numel() for p in floor.parameters()) == sum(tower)
+    assert [n for n, _ in floor.named_parameters()] == \
+        [n for n, _ in full.named_parameters() if n.startswith(("visual.", "image_proj."))]
 
 
 def test_overhead_generation_retrieval_data(smoke):
