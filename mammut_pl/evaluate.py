@@ -203,7 +203,9 @@ def limit(key: str, value: int) -> str:
 
 
 def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
-    """Score one checkpoint; returns (and writes) the report: settings, counts, metrics."""
+    """Score one checkpoint; returns (and writes) the report: settings, counts, metrics. With
+    trainer.devices=N each process scores its share and the task gathers them; rank 0 writes the
+    report and the other ranks return {}."""
     from mammut_pl.fit import build_datamodule, prepare_data
 
     task = own["task"]
@@ -219,6 +221,8 @@ def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
                            "enable_checkpointing": False, "enable_model_summary": False,
                            "default_root_dir": str(out_dir), **trainer_overrides(overrides)})
     tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    if not trainer.is_global_zero:  # several processes (trainer.devices=N): rank 0 writes and prints
+        return {}
     report: dict[str, Any] = {"task": task, "ckpt": str(ckpt_path), **data,
                               "metrics": {k: float(tested[f"test/{k}"]) for k in metric_keys(task)
                                           if f"test/{k}" in tested}}
@@ -314,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the scores, not the accelerator banner
     try:
         own, overrides = parse_args(argv)
-        print(format_report(evaluate(own, overrides)))
+        report = evaluate(own, overrides)
+        if report:  # {} on the other ranks of a multi-process run
+            print(format_report(report))
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -87,3 +87,47 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch_and_write_once(tmp
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_detection_evaluation_on_two_ranks_equals_one_process(tmp_path, world):
+    """`evaluate task=detection trainer.devices=2`: each rank detects on its share of the images, the
+    task gathers them (the sampler's padding repeats an image: 15 images on 2 ranks; kept once) and
+    both ranks score the same detections; rank 0 alone writes and prints. Same results JSON, same
+    LVIS AP as one process."""
+    import json
+
+    from mammut_pl import config as config_lib
+    from mammut_pl.fit import build_tokenizer_for
+    from mammut_pl.tasks import TASKS
+
+    small = ["model.width=64", "model.depth=2", "model.heads=2", "model.num_cross_attn=1", "model.embed_dim=32",
+             "model.image_size=32", "model.encoder_kwargs.depth=1", "model.context_length=24",
+             "detection.image_size=32"]
+    cfg = config_lib.load("lvis", [f"data.root={world}/lvis", f"data.tokenizer={world}/tokenizer.json", *small])
+    build_tokenizer_for(cfg)
+    torch.manual_seed(0)
+    task = TASKS[cfg.task](config_lib.to_dict(cfg))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": {"cfg": config_lib.to_dict(cfg)}}, ckpt)
+
+    def start(name: str, *extra: str) -> subprocess.Popen:
+        (tmp_path / name).mkdir()
+        args = [sys.executable, "-m", "mammut_pl.evaluate", "task=detection", f"ckpt={ckpt}", f"out={tmp_path / name}",
+                "detection.max_eval_images=15", "data.eval_batch_size=4", "data.num_workers=0",
+                "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", *extra]
+        return subprocess.Popen(args, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = {"ddp": start("ddp", "trainer.devices=2", "trainer.strategy=ddp"), "one": start("one")}
+    out = {name: p.communicate(timeout=900) for name, p in procs.items()}
+    for name, p in procs.items():
+        assert p.returncode == 0, f"{name}: {out[name][1][-3000:]}"
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out["ddp"][1]  # really two processes
+    assert out["ddp"][0].count("LVIS box AP") == out["one"][0].count("LVIS box AP") == 1  # printed once
+
+    reports = {n: json.loads((tmp_path / n / "detection_lvis_test.json").read_text()) for n in procs}
+    results = {n: json.loads((tmp_path / n / "lvis_v1_val_results.json").read_text()) for n in procs}
+    assert len({r["image_id"] for r in results["one"]}) == 15
+    key = lambda r: (r["image_id"], r["category_id"], tuple(r["bbox"]), r["score"])  # noqa: E731
+    assert sorted(map(key, results["ddp"])) == sorted(map(key, results["one"]))  # no image lost or doubled
+    assert reports["ddp"]["metrics"] == pytest.approx(reports["one"]["metrics"], abs=1e-9)
