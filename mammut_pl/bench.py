@@ -512,9 +512,11 @@ def measure_training(contenders: list[Contender], images: Tensor, tokens: Tensor
 
 
 def ratio(rows: dict[str, dict[str, Any]], a: str, b: str, key: str = "step_s") -> float | None:
-    """Ratio of the median step times (key="cpu_s": of the median CPU times)."""
+    """Ratio of the median step times (key="cpu_s": of the median CPU times; "tflop_per_step": of
+    the FLOPs per step)."""
     if a in rows and b in rows:
-        return rows[a][key]["median"] / rows[b][key]["median"]
+        x, y = rows[a][key], rows[b][key]
+        return x["median"] / y["median"] if isinstance(x, dict) else x / y
     return None
 
 
@@ -525,7 +527,8 @@ def section_train(plan: Plan, device: torch.device) -> dict[str, Any]:
     skipped: dict[str, str] = {}
     contenders = (build_mammut_pl(plan.scale) + build_open_clip(plan.scale)
                   + optional(build_lucidrains, plan.scale, skipped) + build_image_tower(plan.scale))
-    rows = measure_training(contenders, images, tokens, plan.warmup, plan.rounds, device)
+    # FLOPs counted too (torch.utils.flop_counter, one extra step each): the ratios of work done
+    rows = measure_training(contenders, images, tokens, plan.warmup, plan.rounds, device, flops=True)
     out = {
         "device": "cpu", "precision": "fp32", "batch_size": plan.batch, "image_size": size,
         "tokens_shape": list(tokens.shape), "real_tokens": int((tokens != 0).sum()),
@@ -539,6 +542,8 @@ def section_train(plan: Plan, device: torch.device) -> dict[str, Any]:
             "image_tower/coca": ratio(rows, "image_tower", "coca"),
             "image_tower/mammut_pl": ratio(rows, "image_tower", "mammut_pl"),
             "cpu image_tower/coca": ratio(rows, "image_tower", "coca", "cpu_s"),
+            "flops mammut_pl/coca": ratio(rows, "mammut_pl", "coca", "tflop_per_step"),
+            "flops mammut_pl/lucidrains": ratio(rows, "mammut_pl", "lucidrains", "tflop_per_step"),
             "cpu mammut_pl/coca": ratio(rows, "mammut_pl", "coca", "cpu_s"),
             "cpu mammut_pl/lucidrains": ratio(rows, "mammut_pl", "lucidrains", "cpu_s"),
         },
@@ -858,23 +863,26 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"**Training step**, CPU {tr['precision']}, batch {tr['batch_size']}, tokens "
                   f"{tr['tokens_shape'][0]}x{tr['tokens_shape'][1]} (padded to the longest caption), same AdamW "
                   f"for all, {tr['rounds']} rounds after {tr['warmup_rounds']} warm-up:", "",
-                  "| model | params | s/step | images/s | CPU s/step | memory: state + step peak |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| model | params | s/step | images/s | CPU s/step | GFLOP/step | GFLOP/s | memory: state + step peak |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in tr["rows"].values():
+            work = (f"{1e3 * r['tflop_per_step']:.0f} | {1e3 * r['tflops']:.0f}" if "tflops" in r else "n/a | n/a")
             lines.append(f"| {r['label']} | {r['params_m']:.1f} M | {_fmt_s(r['step_s'])} | {r['images_per_s']:.2f} | "
-                         f"{_fmt_s(r['cpu_s'])} | "
+                         f"{_fmt_s(r['cpu_s'])} | {work} | "
                          f"{_fmt_mb(r['state_mb'])} + {_fmt_mb(r['step_peak_mb'])} |")
         for name, why in tr.get("skipped", {}).items():
-            lines.append(f"| {name} | skipped: {why} | | | | |")
+            lines.append(f"| {name} | skipped: {why} | | | | | | |")
         lines.append("")
     lines += ["CPU s/step: this process's CPU time (all threads), less sensitive than wall time to "
               "other load on a shared machine; the targets are judged on wall time.", "",
               "| measure | value (target) | by CPU time |", "|---|---|---|"]
     if tr and "ratios" in tr:
         r = tr["ratios"]
-        lines += [f"| step time mammut_pl / CoCa (CPU) | {_fmt_ratio(r['mammut_pl/coca'], TARGETS['train.mammut_pl/coca'])} | "
+        lines += [f"| step time mammut_pl / CoCa (CPU; FLOPs per step: {_fmt_ratio(r.get('flops mammut_pl/coca'))}) | "
+                  f"{_fmt_ratio(r['mammut_pl/coca'], TARGETS['train.mammut_pl/coca'])} | "
                   f"{_fmt_ratio(r.get('cpu mammut_pl/coca'))} |",
-                  f"| step time mammut_pl / lucidrains MaMMUT (CPU) | "
+                  f"| step time mammut_pl / lucidrains MaMMUT (CPU; FLOPs per step: "
+                  f"{_fmt_ratio(r.get('flops mammut_pl/lucidrains'))}) | "
                   f"{_fmt_ratio(r['mammut_pl/lucidrains'], TARGETS['train.mammut_pl/lucidrains'])} | "
                   f"{_fmt_ratio(r.get('cpu mammut_pl/lucidrains'))} |",
                   f"| step time mammut_pl / CLIP (CPU) | {_fmt_ratio(r['mammut_pl/clip'])} | |",

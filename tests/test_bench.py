@@ -81,6 +81,13 @@ def test_training_rows_and_ratios_are_consistent(smoke):
         assert math.isclose(r["mammut_pl/lucidrains"], med["mammut_pl"] / med["lucidrains"], rel_tol=1e-9)
     assert math.isclose(r["mammut_pl/clip"], med["mammut_pl"] / med["clip"], rel_tol=1e-9)
     assert math.isclose(r["image_tower/coca"], med["image_tower"] / med["coca"], rel_tol=1e-9)
+    flops = {k: row["tflop_per_step"] for k, row in tr["rows"].items()}
+    assert all(positive(f) for f in flops.values())
+    for k, row in tr["rows"].items():
+        assert math.isclose(row["tflops"], flops[k] / med[k], rel_tol=1e-9)
+    assert math.isclose(r["flops mammut_pl/coca"], flops["mammut_pl"] / flops["coca"], rel_tol=1e-9)
+    assert flops["image_tower"] < flops["mammut_pl"]  # the floor is a part of mammut_pl's step
+    assert flops["mammut_pl_padded"] > flops["mammut_pl"]  # packing skips the padding's work
     assert math.isclose(r["image_tower/mammut_pl"], med["image_tower"] / med["mammut_pl"], rel_tol=1e-9)
     cpu = {k: r["cpu_s"]["median"] for k, r in tr["rows"].items()}
     assert math.isclose(r["cpu mammut_pl/coca"], cpu["mammut_pl"] / cpu["coca"], rel_tol=1e-9)
@@ -150,4 +157,4 @@ def test_a_missing_extra_skips_its_contender_with_the_reason(monkeypatch):
                       "mammut_pl/coca", "mammut_pl/lucidrains", "mammut_pl/clip", "mammut_pl/mammut_pl_padded")}}}
     md = bench.markdown(res)
     assert "| lucidrains | skipped: mammut_pytorch not installed" in md
-    assert "| step time mammut_pl / lucidrains MaMMUT (CPU) | n/a |" in md
+    assert "| step time mammut_pl / lucidrains MaMMUT (CPU; FLOPs per step: n/a) | n/a |" in md
