@@ -27,6 +27,12 @@ class DetectionConfig:
     giou_weight: float = 2.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # federated loss (Zhou et al. 2021, as in Detic): LVIS labels each image's classes only partly, so
+    # a class that is not annotated is not necessarily absent. N > 0: the classification loss of a
+    # batch covers the classes present in it plus classes drawn with probability ~ (training images
+    # of the class)^federated_power, N in all; 0 = every training class is a negative (the default)
+    federated_classes: int = 0
+    federated_power: float = 0.5
     # inference
     objectness_power: float = 0.5  # score = p_class^(1-a) * p_object^a
     nms_iou: float = 0.5  # class-wise NMS
@@ -44,7 +50,8 @@ class DetectionConfig:
             fail("jitter_min", "need 0 < jitter_min <= jitter_max")
         if not self.prompts or any("{}" not in p for p in self.prompts):
             fail("prompts", "need at least one template, each with {} for the class name")
-        for key in ("cls_weight", "obj_weight", "l1_weight", "giou_weight", "focal_gamma", "max_eval_images"):
+        for key in ("cls_weight", "obj_weight", "l1_weight", "giou_weight", "focal_gamma", "max_eval_images",
+                    "federated_classes", "federated_power"):
             if getattr(self, key) < 0:
                 fail(key, "must be >= 0")
         if not 0 <= self.focal_alpha <= 1:

@@ -211,3 +211,47 @@ def test_fuzzed_lvis_json_reads_correctly_or_names_file_record_field(lvis_root, 
         for im in split.images:
             assert im.boxes.shape == (len(im.category_ids), 4) and (im.boxes[:, 2:] > 0).all()
     shutil.rmtree(root)
+
+
+def test_train_class_image_counts_equal_lvis_image_count(lvis_root):
+    """The federated loss' class weights: training images per base class, as LVIS' own `image_count`
+    field of the category records (which the demo writes by LVIS' definition)."""
+    dm = LVISDataModule(str(lvis_root), image_size=64)
+    raw = json.loads((lvis_root / "lvis_v1_train.json").read_text())
+    by_id = {c["id"]: c["image_count"] for c in raw["categories"]}
+    assert all(c["frequency"] != "r" for c in dm.train_categories)
+    assert dm.train_class_image_counts() == [by_id[c["id"]] for c in dm.train_categories]
+    brute = [len({a["image_id"] for a in raw["annotations"] if a["category_id"] == c["id"]}) for c in dm.train_categories]
+    assert dm.train_class_image_counts() == brute
+
+
+def test_the_task_draws_federated_classes_by_seed_step_and_rank(lvis_root):
+    """DetectionTask.loss_classes: off by default; on, the batch's classes plus a weighted draw that
+    depends only on (seed, step, rank), so a resumed run draws what the first one did."""
+    from types import SimpleNamespace
+
+    from mammut_pl import config as config_lib
+    from mammut_pl.tasks.detection import DetectionTask
+
+    dm = LVISDataModule(str(lvis_root), image_size=64)
+    small = ["model.width=64", "model.depth=2", "model.heads=2", "model.num_cross_attn=1", "model.embed_dim=32",
+             "model.image_size=32", "model.encoder_kwargs.depth=1", "model.context_length=24",
+             "detection.image_size=32"]
+
+    def task(*extra):
+        t = DetectionTask(config_lib.to_dict(config_lib.load("lvis", [*small, *extra])))
+        t._trainer = SimpleNamespace(datamodule=dm, global_step=0, global_rank=0)
+        return t
+
+    targets = [{"labels": torch.tensor([1, 1])}, {"labels": torch.tensor([0])}]
+    assert task().loss_classes(targets) is None
+    fed = task("detection.federated_classes=4")
+    draws = {}
+    for step, rank in [(0, 0), (1, 0), (0, 1), (2, 0), (3, 0)]:
+        fed._trainer.global_step, fed._trainer.global_rank = step, rank
+        draws[step, rank] = fed.loss_classes(targets).tolist()
+        assert len(draws[step, rank]) == 4 and {0, 1} <= set(draws[step, rank])
+    again = task("detection.federated_classes=4")  # a resumed run at step 1
+    again._trainer.global_step = 1
+    assert again.loss_classes(targets).tolist() == draws[1, 0]
+    assert len({tuple(d) for d in draws.values()}) > 1  # the draw changes with the step / rank

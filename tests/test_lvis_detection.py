@@ -15,6 +15,7 @@ from mammut_pl.model.detection import (
     batched_nms,
     box_iou,
     cxcywh_to_xyxy,
+    federated_classes,
     generalized_box_iou,
     hungarian_match,
     sigmoid_focal_loss,
@@ -129,6 +130,51 @@ def test_head_runs_at_the_detection_resolution_and_learns(tiny_detector):
     assert classes[0].item() == 2  # the trained class ranks first
 
 
+def test_federated_classes_keep_the_present_ones_and_draw_by_weight():
+    weights = torch.tensor([0.0, 1.0, 1.0, 0.0, 4.0, 9.0, 0.0, 1.0], dtype=torch.float64)
+    labels = torch.tensor([3, 3, 6])  # present classes count even with weight 0
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        got = federated_classes(labels, weights, 4, g).tolist()
+        assert len(got) == 4 and got == sorted(set(got)) and {3, 6} <= set(got)
+        assert not set(got) & {0}  # weight 0, absent: never drawn
+    assert federated_classes(labels, weights, 50).tolist() == [1, 2, 3, 4, 5, 6, 7]  # all that can be drawn
+    assert federated_classes(labels, weights, 1).tolist() == [3, 6]  # never fewer than the present ones
+    # one draw: P(class) = w / sum(w) over the absent ones (a 10k-sample check against the weights)
+    draws = torch.stack([federated_classes(torch.tensor([3]), weights, 2, g) for _ in range(10000)])
+    drawn = draws[draws != 3]
+    freq = torch.bincount(drawn, minlength=8).double() / len(drawn)
+    torch.testing.assert_close(freq, weights / weights.sum(), atol=0.015, rtol=0)
+
+
+def test_federated_loss_leaves_the_other_classes_out(tiny_detector):
+    """Only the chosen classes enter the classification loss: the same value as the focal loss on
+    those logit columns by hand, and no gradient to the others; all classes = the plain loss."""
+    model, det = tiny_detector
+    text = torch.nn.functional.normalize(torch.randn(6, model.config.embed_dim), dim=-1)
+    out = det(model, torch.randn(2, 3, 64, 64), text)
+    out["logits"].retain_grad()
+    targets = [{"boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]]), "labels": torch.tensor([2, 4])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    plain = det.losses(out, targets)
+    torch.testing.assert_close(det.losses(out, targets, torch.arange(6))["cls_loss"], plain["cls_loss"])
+    classes = torch.tensor([0, 2, 4])
+    fed = det.losses(out, targets, classes)
+    rows0, cols0 = det.match(out, 0, targets[0]["boxes"], targets[0]["labels"])
+    x = out["logits"].detach()[..., classes]
+    t = torch.zeros_like(x)
+    for r, c in zip(rows0.tolist(), cols0.tolist()):
+        t[0, r, classes.tolist().index(targets[0]["labels"][c].item())] = 1
+    p = x.sigmoid()
+    by_hand = (t * 0.25 * (1 - p) ** 2 * -torch.log(p) + (1 - t) * 0.75 * p ** 2 * -torch.log(1 - p)).sum() / 2
+    torch.testing.assert_close(fed["cls_loss"], by_hand, rtol=1e-5, atol=1e-6)
+    for k in ("obj_loss", "l1_loss", "giou_loss"):  # the rest of the loss is unchanged
+        torch.testing.assert_close(fed[k], plain[k])
+    fed["cls_loss"].backward()
+    grad = out["logits"].grad
+    assert grad[..., [1, 3, 5]].abs().max() == 0 and grad[..., [0, 2, 4]].abs().max() > 0
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["detection.image_size=100"], "detection.image_size.*patch size 8"),
     (["detection.nms_iou=0"], "detection.nms_iou"),
@@ -136,6 +182,7 @@ def test_head_runs_at_the_detection_resolution_and_learns(tiny_detector):
     (["detection.prompts=[a photo]"], "detection.prompts"),
     (["detection.max_detection=3"], "Did you mean `detection.max_detections`"),
     (["data.name=vqav2"], "task=detection reads data.name=lvis"),
+    (["detection.federated_classes=-1"], "detection.federated_classes"),
 ])
 def test_detection_config_errors_name_the_key(overrides, message):
     from mammut_pl import config as C

@@ -299,6 +299,16 @@ class LVISDataModule(ResumableTrainData, L.LightningDataModule):
         cats = self.split(self.train_file).categories
         return [c for c in cats if c["frequency"] != "r"] if self.base_only else cats
 
+    def train_class_image_counts(self) -> list[int]:
+        """Training images holding a box of each training class (train_categories' order): LVIS'
+        `image_count`, counted from the annotations the reader kept."""
+        index = {c["id"]: k for k, c in enumerate(self.train_categories)}
+        counts = [0] * len(index)
+        for im in self.split(self.train_file).images:
+            for cid in set(im.category_ids) & index.keys():
+                counts[index[cid]] += 1
+        return counts
+
     def eval_gt(self, filename: str) -> dict[str, Any]:
         """The annotations the evaluation scores against (the first max_eval_images images)."""
         s = self.split(filename)

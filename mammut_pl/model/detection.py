@@ -14,6 +14,8 @@ averaged), so any category with a name can be detected, including ones never tra
 Training: Hungarian matching (scipy's linear_sum_assignment) of tokens to ground-truth boxes on
 cost = cls * focal + l1 * L1 + giou * (-GIoU); losses = sigmoid focal over (token, class),
 focal objectness, L1 and GIoU on the matched tokens, each normalised by the number of boxes.
+Optionally a federated classification loss (detection.federated_classes): only the classes present
+in the batch and a frequency-weighted draw of others count, since LVIS' labels are partial.
 Inference: score = p_class^(1-a) * p_object^a, top candidates, class-wise NMS in plain torch
 (torchvision's compiled nms is unavailable on CPU-only installs here), at most 300 per image.
 """
@@ -92,6 +94,18 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     return loss.sum()
+
+
+def federated_classes(labels: Tensor, weights: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """The classes a federated loss covers (Zhou et al. 2021): every class in `labels` (the batch's
+    ground truth) plus classes drawn without replacement with probability ~ `weights` (K,), n in
+    all (fewer where fewer classes have weight). Returns sorted class indices."""
+    present = torch.unique(labels.cpu())
+    prob = weights.detach().cpu().double().clone()
+    prob[present] = 0
+    extra = min(n - len(present), int((prob > 0).sum()))
+    drawn = torch.multinomial(prob, extra, replacement=False, generator=generator) if extra > 0 else present[:0]
+    return torch.cat([present, drawn]).sort().values
 
 
 def hungarian_match(cost: Tensor) -> tuple[Tensor, Tensor]:
@@ -197,8 +211,11 @@ class OpenVocabDetector(nn.Module):
                     - c.giou_weight * generalized_box_iou(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(boxes)))
         return hungarian_match(cost)
 
-    def losses(self, out: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """targets[b]: "boxes" (G, 4) normalised cxcywh, "labels" (G,) indices into the K classes."""
+    def losses(self, out: dict[str, Tensor], targets: list[dict[str, Tensor]],
+               classes: Tensor | None = None) -> dict[str, Tensor]:
+        """targets[b]: "boxes" (G, 4) normalised cxcywh, "labels" (G,) indices into the K classes.
+        `classes`: the class indices the classification loss covers (a federated loss; see
+        federated_classes); None = all K."""
         c = self.cfg
         logits, obj = out["logits"].float(), out["objectness"].float()
         cls_target = torch.zeros_like(logits)
@@ -214,6 +231,9 @@ class OpenVocabDetector(nn.Module):
             pred_boxes.append(out["boxes"][b, rows].float())
             gt_boxes.append(t["boxes"][cols].float())
         num_boxes = max(1.0, float(sum(len(t["labels"]) for t in targets)))
+        if classes is not None:  # the other classes are neither positives nor negatives here
+            classes = classes.to(logits.device)
+            logits, cls_target = logits[..., classes], cls_target[..., classes]
         loss_cls = sigmoid_focal_loss(logits, cls_target, c.focal_alpha, c.focal_gamma) / num_boxes
         loss_obj = sigmoid_focal_loss(obj, obj_target, c.focal_alpha, c.focal_gamma) / num_boxes
         if pred_boxes:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mammut_pl.metrics.lvis import lvis_eval
-from mammut_pl.model.detection import OpenVocabDetector, class_names, class_text_embeddings
+from mammut_pl.model.detection import OpenVocabDetector, class_names, class_text_embeddings, federated_classes
 from mammut_pl.tasks.base import MaMMUTTask
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class DetectionTask(MaMMUTTask):
             for p in self.model.text.parameters():
                 p.requires_grad_(False)
         self._text_cache: dict[str, Tensor] = {}
+        self._class_weights: Tensor | None = None  # federated loss: the draw's weights per base class
         self.results: list[dict[str, Any]] = []
         self.results_path: Path | None = None
 
@@ -58,12 +59,26 @@ class DetectionTask(MaMMUTTask):
     # --- training ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         out = self.detector(self.model, batch["images"], self.class_embeddings("train"))
-        losses = self.detector.losses(out, batch["targets"])
+        losses = self.detector.losses(out, batch["targets"], self.loss_classes(batch["targets"]))
         B = len(batch["images"])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=B)
         for k in ("cls_loss", "obj_loss", "l1_loss", "giou_loss"):
             self.log(f"train/{k}", losses[k], batch_size=B)
         return self.check_finite(losses["loss"])
+
+    def loss_classes(self, targets: list[dict[str, Tensor]]) -> Tensor | None:
+        """The federated loss' classes for this batch (None = all): drawn from a generator seeded by
+        (seed, step, rank), so a resumed run draws the same ones."""
+        d = self.cfg.detection
+        if not d.federated_classes:
+            return None
+        if self._class_weights is None:  # training images per base class, ^ power
+            counts = self.trainer.datamodule.train_class_image_counts()
+            self._class_weights = torch.tensor(counts, dtype=torch.float64) ** d.federated_power
+        seed = (self.cfg.seed * 1_000_003 + self.global_step) * 4099 + self.global_rank
+        labels = torch.cat([t["labels"].cpu() for t in targets])
+        return federated_classes(labels, self._class_weights, d.federated_classes,
+                                 torch.Generator().manual_seed(seed))
 
     # --- evaluation -------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
