@@ -52,7 +52,7 @@ test: setup ## set up, then run the whole test suite (what CI runs)
 test-fast: setup ## unit tests only (skip the end-to-end ones)
 	@$(PY) -m pytest -q -m "not e2e"
 
-bench: setup .venv/.bench-stamp ## time mammut_pl vs CoCa/CLIP/lucidrains side by side (installs the bench extras; ARGS=--quick or --smoke)
+bench: setup .venv/.bench-stamp ## time mammut_pl vs CoCa/CLIP/lucidrains side by side (installs the bench extras; 12 min on 2 CPU cores; ARGS=--quick: 7 min, --smoke: seconds)
 	@$(PY) -m mammut_pl.bench $(ARGS)
 
 .venv/.bench-stamp: pyproject.toml constraints.txt
