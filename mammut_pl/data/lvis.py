@@ -9,7 +9,8 @@ from `file_name` (in the folder of the split: train -> train2017, val -> val2017
 with a folder part is taken relative to ROOT). v0.5 names its images in the COCO 2014 style
 ("COCO_val2014_000000397133.jpg") while the images are the COCO 2017 ones: the file is
 ROOT/{split}2017/000000397133.jpg (LVIS v0.5 train also holds images of COCO val2014, all of
-them in train2017), or, only where that is missing, the 2014 layout ROOT/val2014/COCO_val2014_.... Boxes are [x, y, w, h] in pixels.
+them in train2017), or, only where that is missing, the 2014 layout ROOT/val2014/COCO_val2014_...
+Boxes are [x, y, w, h] in pixels.
 
 Open-vocabulary protocol: training sees the base categories only (frequency 'c' and 'f'); the
 annotations of rare ('r') categories are removed from training (their images stay); evaluation
