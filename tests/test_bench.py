@@ -158,3 +158,32 @@ def test_a_missing_extra_skips_its_contender_with_the_reason(monkeypatch):
     md = bench.markdown(res)
     assert "| lucidrains | skipped: mammut_pytorch not installed" in md
     assert "| step time mammut_pl / lucidrains MaMMUT (CPU; FLOPs per step: n/a) | n/a |" in md
+
+
+def test_the_gpu_section_dry_runs_on_cpu(monkeypatch):
+    """section_gpu's code path (bf16 autocast, eager and 'compiled' runs, FLOPs, the ViT-B/16 MFU rows,
+    its markdown lines) on CPU with tiny models, torch.compile replaced by the eager model: what
+    can break before a GPU is ever lent. No number here means anything."""
+    import torch
+
+    monkeypatch.setattr(bench.Contender, "compiled", lambda self: self)
+    torch.set_num_threads(1)
+    gpu = bench.section_gpu(bench.make_plan("smoke"), torch.device("cpu"))
+    assert gpu["precision"] == "bf16-mixed" and gpu["peak_bf16_tflops"] is None
+    for key in ("eager", "compiled"):
+        run = gpu["runs"][key]
+        assert "error" not in run, run.get("error")
+        rows = run["rows"]
+        assert {"mammut_pl", "coca", "clip"} <= set(rows)
+        med = {k: r["step_s"]["median"] for k, r in rows.items()}
+        assert math.isclose(run["ratios"]["mammut_pl/coca"], med["mammut_pl"] / med["coca"], rel_tol=1e-9)
+    assert "tflops" in gpu["runs"]["eager"]["rows"]["mammut_pl"]  # FLOPs counted on the eager run only
+    mfu = gpu["b16_mfu"]
+    assert "error" not in mfu, mfu.get("error")
+    for row in mfu.values():
+        assert math.isclose(row["tflops"], row["tflop_per_step"] / row["step_s"]["median"], rel_tol=1e-9)
+        assert row["mfu"] is None  # no peak figure for a CPU
+    res = {"machine": {"cpu": "x", "cores": 2, "torch_threads": 1, "gpu": "cpu", "versions": {
+        "torch": "t", "timm": "t", "open_clip": "o", "mammut_pytorch": None}}, "mode": "smoke", "date": "d", "gpu": gpu}
+    md = bench.markdown(res)
+    assert md.count("| GPU cpu bf16 batch 8 ") == 2 and "mammut_pl / CoCa" in md
