@@ -96,20 +96,14 @@ def test_detection_evaluation_on_two_ranks_equals_one_process(tmp_path, world):
     LVIS AP as one process."""
     import json
 
-    from mammut_pl import config as config_lib
-    from mammut_pl.fit import build_tokenizer_for
-    from mammut_pl.tasks import TASKS
+    from test_captioning_eval import SMALL_MODEL
+    from test_evaluate_more import write_fresh_checkpoint
 
-    small = ["model.width=64", "model.depth=2", "model.heads=2", "model.num_cross_attn=1", "model.embed_dim=32",
-             "model.image_size=32", "model.encoder_kwargs.depth=1", "model.context_length=24",
-             "detection.image_size=32"]
-    cfg = config_lib.load("lvis", [f"data.root={world}/lvis", f"data.tokenizer={world}/tokenizer.json", *small])
-    build_tokenizer_for(cfg)
-    torch.manual_seed(0)
-    task = TASKS[cfg.task](config_lib.to_dict(cfg))
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": task.state_dict(), "hyper_parameters": {"cfg": config_lib.to_dict(cfg)}}, ckpt)
+    from mammut_pl import config as config_lib
+
+    cfg = config_lib.load("lvis", [f"data.root={world}/lvis", f"data.tokenizer={world}/tokenizer.json",
+                                   *SMALL_MODEL, "detection.image_size=32"])
+    ckpt = write_fresh_checkpoint(cfg, tmp_path)
 
     def start(name: str, *extra: str) -> subprocess.Popen:
         (tmp_path / name).mkdir()

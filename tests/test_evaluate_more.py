@@ -59,14 +59,19 @@ def ckpts(world, tmp_path_factory) -> dict[str, Path]:
     for kind, (experiment, data, extra) in EXPERIMENTS.items():
         cfg = config_lib.load(experiment, [f"data.root={world}/{data}", f"data.tokenizer={world}/tokenizer.json",
                                            "data.num_workers=0", "data.eval_batch_size=4", *SMALL_MODEL, *extra])
-        build_tokenizer_for(cfg)
-        torch.manual_seed(0)
-        task = TASKS[cfg.task](config_lib.to_dict(cfg))
-        path = tmp_path_factory.mktemp(kind) / "run" / "checkpoints" / "last.ckpt"
-        path.parent.mkdir(parents=True)
-        torch.save({"state_dict": task.state_dict(), "hyper_parameters": {"cfg": config_lib.to_dict(cfg)}}, path)
-        out[kind] = path
+        out[kind] = write_fresh_checkpoint(cfg, tmp_path_factory.mktemp(kind))
     return out
+
+
+def write_fresh_checkpoint(cfg, folder: Path) -> Path:
+    """folder/run/checkpoints/last.ckpt: a freshly initialised task (seed 0) of `cfg`, as fit writes it."""
+    build_tokenizer_for(cfg)
+    torch.manual_seed(0)
+    task = TASKS[cfg.task](config_lib.to_dict(cfg))
+    path = folder / "run" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": {"cfg": config_lib.to_dict(cfg)}}, path)
+    return path
 
 
 def clip_of(path: Path, cfg) -> torch.Tensor:

@@ -230,13 +230,13 @@ def test_the_task_draws_federated_classes_by_seed_step_and_rank(lvis_root):
     depends only on (seed, step, rank), so a resumed run draws what the first one did."""
     from types import SimpleNamespace
 
+    from test_captioning_eval import SMALL_MODEL
+
     from mammut_pl import config as config_lib
     from mammut_pl.tasks.detection import DetectionTask
 
     dm = LVISDataModule(str(lvis_root), image_size=64)
-    small = ["model.width=64", "model.depth=2", "model.heads=2", "model.num_cross_attn=1", "model.embed_dim=32",
-             "model.image_size=32", "model.encoder_kwargs.depth=1", "model.context_length=24",
-             "detection.image_size=32"]
+    small = [*SMALL_MODEL, "detection.image_size=32"]
 
     def task(*extra):
         t = DetectionTask(config_lib.to_dict(config_lib.load("lvis", [*small, *extra])))
