@@ -12,6 +12,7 @@ and `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -40,8 +41,13 @@ _VISION_FIXED = {"ls_init_value": None, "patch_dropout": 0.0, "attentional_pool"
 _TEXT_FIXED = {"ls_init_value": None, "does_full_decoding": True, "hf_model_name": None}
 
 
+# MaMMUTConfig fields that are training choices, not architecture: model.init_from keeps the experiment's
+TRAINING_KEYS = ("dropout", "cropped_pos_embed", "cpe_grid", "cpe_scale_min", "cpe_scale_max", "cpe_ratio_min",
+                 "cpe_ratio_max", "max_logit_scale", "init_logit_scale", "init_logit_bias")
+
+
 def is_openmammut_dir(path: str | Path) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
+    return bool(path) and (Path(path) / CONFIG_FILE).is_file()
 
 
 # --- config ------------------------------------------------------------------------------
@@ -306,6 +312,21 @@ def config_for(path: str | Path, model_cfg: dict[str, Any] | str | Path | None =
     return config_from_open_clip(cfg, logit_bias=state is not None and "logit_bias" in state)
 
 
+def architecture_of(folder: str | Path) -> dict[str, Any]:
+    """The model.* architecture keys of a hub folder (what model.init_from=<folder> replaces)."""
+    p = Path(folder)
+    weights = p / WEIGHT_FILES[0]
+    if weights.is_file():  # read the key names only
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            has_bias = "logit_bias" in f.keys()
+    else:
+        has_bias = "logit_bias" in read_weights(p)
+    config = config_from_open_clip(read_folder_config(p)[0], logit_bias=has_bias)
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in TRAINING_KEYS}
+
+
 def load_openmammut(path: str | Path, model_cfg: dict[str, Any] | str | Path | None = None) -> MaMMUT:
     """An openMaMMUT model (hub folder, or open_clip checkpoint + model_cfg) as a MaMMUT, in eval mode.
 
@@ -329,3 +350,22 @@ def save_openmammut(model: MaMMUT, out: str | Path) -> Path:
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     save_file({k: v.detach().cpu() for k, v in state.items()}, str(out / WEIGHT_FILES[0]))
     return out
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
+    """A suite checkpoint (.ckpt) -> hub-layout openMaMMUT folder; its architecture must be compatible
+    and its tokenizer CLIP BPE (the fork's vocabulary)."""
+    from mammut_pl.checkpoint import checkpoint_config, read_checkpoint
+
+    obj = read_checkpoint(ckpt)
+    cfg = checkpoint_config(obj, ckpt)
+    if cfg.data.tokenizer != "clip":
+        raise ValueError(f"{ckpt}: data.tokenizer={cfg.data.tokenizer!r}: openMaMMUT needs the CLIP BPE tokenizer "
+                         "(data.tokenizer=clip)")
+    config = cfg.model.architecture()
+    check_compatible(config)
+    model = MaMMUT(config)
+    state = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    _check_keys(f"{ckpt}: weights do not match its model config", set(state), set(model.state_dict()))
+    model.load_state_dict(state, strict=True)
+    return save_openmammut(model, out)
