@@ -17,6 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mammut_pl import config as config_lib
 from mammut_pl.config import Config, ConfigError
+from mammut_pl.data.builders import build_tokenizer_for
+from mammut_pl.tasks import build_task
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -67,8 +69,6 @@ def load_task(path: str | Path, overrides: list[str] | None = None, task: str | 
 
 def task_with_weights(cfg: Config, ckpt: dict[str, Any], path: str | Path):
     """(LightningModule for `cfg` holding the checkpoint's model weights, tokenizer), in eval mode."""
-    from mammut_pl.fit import build_task, build_tokenizer_for
-
     cfg.model.init_from = ""  # the weights come from this checkpoint
     cfg.model.compile = False
     tokenizer = build_tokenizer_for(cfg)
@@ -104,3 +104,24 @@ def load_task_head(module: Any, ckpt: dict[str, Any], path: str | Path, task: st
     if wrong:
         raise ValueError(f"{path}: {len(wrong)} tensors do not fit task={task}, e.g. {wrong[0]}")
     module.load_state_dict({k: stored[k] for k in head}, strict=False)
+
+
+def export_openmammut(ckpt: str | Path, out: str | Path) -> Path:
+    """A suite checkpoint -> hub-layout openMaMMUT folder (python -m mammut_pl.export); its
+    architecture must be openMaMMUT-compatible and its tokenizer CLIP BPE (the fork's vocabulary)."""
+    from mammut_pl.model import MaMMUT
+    from mammut_pl.model.openmammut import check_compatible, save_openmammut
+
+    obj = read_checkpoint(ckpt)
+    cfg = checkpoint_config(obj, ckpt)
+    if cfg.data.tokenizer != "clip":
+        raise ValueError(f"{ckpt}: data.tokenizer={cfg.data.tokenizer!r}: openMaMMUT needs the CLIP BPE tokenizer")
+    config = cfg.model.architecture()
+    check_compatible(config)  # before building anything: names the first incompatible model.* option
+    model = MaMMUT(config)
+    state = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt}: weights do not match its model config: missing {missing[:8]}, "
+                         f"unexpected {unexpected[:8]}")
+    return save_openmammut(model, out)

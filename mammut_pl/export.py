@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from mammut_pl.model.openmammut import export_checkpoint
+from mammut_pl.checkpoint import export_openmammut
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
               "usage: python -m mammut_pl.export ckpt=RUN.ckpt out=DIR", file=sys.stderr)
         return 2
     try:
-        out = export_checkpoint(args["ckpt"], args["out"])
+        out = export_openmammut(args["ckpt"], args["out"])
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

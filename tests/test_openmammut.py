@@ -279,7 +279,7 @@ def test_export_names_the_incompatible_option(tmp_path, capsys):
 # --- model.init_from=<openMaMMUT folder> -------------------------------------------------------------
 def test_init_from_needs_the_clip_tokenizer(tmp_path):
     from mammut_pl import config as config_lib
-    from mammut_pl.fit import adopt_openmammut_architecture
+    from mammut_pl.data.builders import adopt_openmammut_architecture
 
     cfg = config_lib.load("vqa", [f"model.init_from={fixture('tiny_mlp')}", "data.tokenizer=/x/tokenizer.json"])
     with pytest.raises(config_lib.ConfigError, match="data.tokenizer=clip"):

@@ -351,21 +351,3 @@ def save_openmammut(model: MaMMUT, out: str | Path) -> Path:
     save_file({k: v.detach().cpu() for k, v in state.items()}, str(out / WEIGHT_FILES[0]))
     return out
 
-
-def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
-    """A suite checkpoint (.ckpt) -> hub-layout openMaMMUT folder; its architecture must be compatible
-    and its tokenizer CLIP BPE (the fork's vocabulary)."""
-    from mammut_pl.checkpoint import checkpoint_config, read_checkpoint
-
-    obj = read_checkpoint(ckpt)
-    cfg = checkpoint_config(obj, ckpt)
-    if cfg.data.tokenizer != "clip":
-        raise ValueError(f"{ckpt}: data.tokenizer={cfg.data.tokenizer!r}: openMaMMUT needs the CLIP BPE tokenizer "
-                         "(data.tokenizer=clip)")
-    config = cfg.model.architecture()
-    check_compatible(config)
-    model = MaMMUT(config)
-    state = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-    _check_keys(f"{ckpt}: weights do not match its model config", set(state), set(model.state_dict()))
-    model.load_state_dict(state, strict=True)
-    return save_openmammut(model, out)
