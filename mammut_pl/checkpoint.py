@@ -58,7 +58,18 @@ def load_task(path: str | Path, overrides: list[str] | None = None, task: str | 
     """(config, LightningModule with the checkpoint's weights, tokenizer), in eval mode.
 
     `task` builds another task around the same weights (e.g. a pretraining
-    checkpoint evaluated for retrieval with `task="pretrain"`)."""
+    checkpoint evaluated for retrieval with `task="pretrain"`). `path` may also be an openMaMMUT
+    folder (hub layout): the typed defaults + overrides, with its architecture and weights."""
+    from mammut_pl.model.openmammut import is_openmammut_dir
+
+    if is_openmammut_dir(path):
+        cfg = config_lib.load("", [f"model.init_from={path}", "data.tokenizer=clip", *(overrides or [])])
+        if task:
+            cfg.task = task
+        cfg.model.compile = False
+        tokenizer = build_tokenizer_for(cfg)  # takes the folder's architecture
+        module = build_task(cfg, tokenizer)  # loads its weights (model.init_from)
+        return cfg, module.eval(), tokenizer
     ckpt = read_checkpoint(path)
     cfg = checkpoint_config(ckpt, path, overrides)
     if task:

@@ -295,6 +295,18 @@ def test_init_from_needs_the_clip_tokenizer(tmp_path):
     assert ours["encoder_kwargs"]["embed_dim"] == 64  # the experiment's encoder_kwargs are gone
 
 
+def test_evaluation_loads_a_folder_as_a_checkpoint():
+    """evaluate ... ckpt=<openMaMMUT folder>: the suite's task around the fork's model."""
+    from mammut_pl.checkpoint import load_task
+
+    cfg, module, tokenizer = load_task(fixture("tiny_mlp"), task="pretrain")
+    ref = reference("tiny_mlp")
+    assert tokenizer.vocab_size == 49408 and cfg.model.image_size == 32
+    with torch.no_grad():
+        torch.testing.assert_close(module.model.encode_text(ref["tokens"]), ref["text_features"],
+                                   atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.e2e
 def test_fit_vqa_from_an_openmammut_folder(tmp_path):
     from mammut_pl.data.demo import write_demo
