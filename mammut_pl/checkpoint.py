@@ -63,19 +63,30 @@ def load_task(path: str | Path, overrides: list[str] | None = None, task: str | 
     from mammut_pl.model.openmammut import is_openmammut_dir
 
     if is_openmammut_dir(path):
-        cfg = config_lib.load("", [f"model.init_from={path}", "data.tokenizer=clip", *(overrides or [])])
+        cfg = folder_config(path, overrides)
         if task:
             cfg.task = task
-        cfg.model.compile = False
-        tokenizer = build_tokenizer_for(cfg)  # takes the folder's architecture
-        module = build_task(cfg, tokenizer)  # loads its weights (model.init_from)
-        return cfg, module.eval(), tokenizer
+        return (cfg, *task_from_folder(cfg))
     ckpt = read_checkpoint(path)
     cfg = checkpoint_config(ckpt, path, overrides)
     if task:
         cfg.task = task
     module, tokenizer = task_with_weights(cfg, ckpt, path)
     return cfg, module, tokenizer
+
+
+def folder_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """The config for an openMaMMUT folder: typed defaults + overrides, model.init_from=the folder
+    (its architecture is adopted when the tokenizer is built), CLIP BPE."""
+    return config_lib.load("", [f"model.init_from={path}", "data.tokenizer=clip", *(overrides or [])])
+
+
+def task_from_folder(cfg: Config):
+    """(LightningModule with the openMaMMUT folder's architecture and weights, tokenizer), in eval mode."""
+    cfg.model.compile = False
+    tokenizer = build_tokenizer_for(cfg)  # takes the folder's architecture
+    module = build_task(cfg, tokenizer)  # loads its weights (model.init_from)
+    return module.eval(), tokenizer
 
 
 def task_with_weights(cfg: Config, ckpt: dict[str, Any], path: str | Path):

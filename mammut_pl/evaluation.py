@@ -10,7 +10,9 @@ from typing import Any
 import lightning as L
 from omegaconf import OmegaConf
 
-from mammut_pl.checkpoint import checkpoint_config, read_checkpoint, task_with_weights
+from mammut_pl.checkpoint import (checkpoint_config, folder_config, read_checkpoint, task_from_folder,
+                                  task_with_weights)
+from mammut_pl.model.openmammut import is_openmammut_dir
 from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.coco import KARPATHY_FILES
 from mammut_pl.runtime import build_datamodule, prepare_data
@@ -89,11 +91,17 @@ def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
     name = own["task"]
     spec = eval_spec(name)
     ckpt_path = Path(own["ckpt"])
-    ckpt = read_checkpoint(ckpt_path)
-    cfg = eval_config(checkpoint_config(ckpt, ckpt_path, overrides), own, overrides)
-    out_dir = Path(own.get("out") or default_out(ckpt_path))
-    prepare_data(cfg)
-    module, tokenizer = task_with_weights(cfg, ckpt, ckpt_path)
+    if is_openmammut_dir(ckpt_path):  # a hub folder: defaults + its architecture and weights
+        cfg = eval_config(folder_config(ckpt_path, overrides), own, overrides)
+        out_dir = Path(own.get("out") or Path("outputs") / "eval" / ckpt_path.resolve().name)
+        prepare_data(cfg)
+        module, tokenizer = task_from_folder(cfg)
+    else:
+        ckpt = read_checkpoint(ckpt_path)
+        cfg = eval_config(checkpoint_config(ckpt, ckpt_path, overrides), own, overrides)
+        out_dir = Path(own.get("out") or default_out(ckpt_path))
+        prepare_data(cfg)
+        module, tokenizer = task_with_weights(cfg, ckpt, ckpt_path)
     datamodule = build_datamodule(cfg, tokenizer)
     data = describe_data(name, own["split"], cfg, datamodule)
     trainer = L.Trainer(**{"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,

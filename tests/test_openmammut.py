@@ -328,3 +328,20 @@ def test_fit_vqa_from_an_openmammut_folder(tmp_path):
     torch.testing.assert_close(ckpt["state_dict"]["model.text.token_embed.weight"][40000:40010],
                                fork["text.token_embedding.weight"][40000:40010], atol=0, rtol=0)
     assert ckpt["hyper_parameters"]["cfg"]["model"]["cross_attn_block"] is True
+
+
+@pytest.mark.e2e
+def test_evaluate_retrieval_from_an_openmammut_folder(tmp_path, capsys):
+    """evaluate task=retrieval ckpt=<folder>: the report equals recall from a full similarity matrix."""
+    from test_captioning_eval import brute_force_recall
+
+    from mammut_pl import evaluate
+    from mammut_pl.data.demo import write_demo
+
+    folder = fixture("tiny_mlp")
+    world = write_demo(tmp_path / "world", tiny=True)
+    assert evaluate.main(["task=retrieval", f"ckpt={folder}", "data=coco", f"data.root={world}/coco",
+                          f"out={tmp_path / 'out'}", "trainer.enable_progress_bar=false", "data.num_workers=0"]) == 0
+    report = json.loads((tmp_path / "out" / "retrieval_coco_test.json").read_text())
+    assert report["images"] == 6 and report["captions"] == 30
+    assert report["metrics"] == pytest.approx(brute_force_recall(world, folder), abs=1e-4)
