@@ -169,10 +169,13 @@ def run(cfg: Config, extra_callbacks: list[Callback] | None = None, report: bool
     task = build_task(cfg, tokenizer)
     logger = make_logger(cfg, run_dir, run_dir.name)
     has_val = bool(getattr(datamodule, "val", True)) if cfg.data.name == "webdata" else True
+    kwargs = config_lib.trainer_kwargs(cfg)
+    if not has_val:  # no validation split: validation is off, whatever trainer.limit_val_batches says
+        kwargs["limit_val_batches"] = 0
+    validates = has_val and kwargs.get("limit_val_batches") != 0  # trainer.limit_val_batches=0: no best.ckpt
     trainer = L.Trainer(
-        **config_lib.trainer_kwargs(cfg), default_root_dir=str(run_dir), logger=logger if logger else False,
-        callbacks=callbacks(cfg, run_dir, has_val) + [ResumeState()] + list(extra_callbacks or []),
-        limit_val_batches=None if has_val else 0,
+        **kwargs, default_root_dir=str(run_dir), logger=logger if logger else False,
+        callbacks=callbacks(cfg, run_dir, validates) + [ResumeState()] + list(extra_callbacks or []),
         plugins=[AtomicCheckpointIO()],  # atomic saves, weights-only loads
     )
     if trainer.is_global_zero:  # under DDP the other ranks write nothing (checkpoints: rank 0's dir)

@@ -216,8 +216,9 @@ def format_detections(row: dict[str, Any], score_threshold: float) -> list[str]:
         f"  {d['category']:{width}}  {d['score']:.3f}  " + " ".join(f"{v:7.1f}" for v in d["bbox"]) for d in dets]
 
 
-def predict_split(task: Any, cfg: Config, split: str, out: Path) -> Path:
-    """The official results JSON for a whole split (VQA: [{"question_id", "answer"}])."""
+def predict_split(task: Any, cfg: Config, split: str, out: Path, trainer_args: dict[str, Any] | None = None) -> Path:
+    """The official results JSON for a whole split (VQA: [{"question_id", "answer"}]).
+    trainer_args: the trainer.* keys of the command line (accelerator, devices, precision ...)."""
     import lightning as L
 
     from mammut_pl.fit import build_datamodule
@@ -228,8 +229,8 @@ def predict_split(task: Any, cfg: Config, split: str, out: Path) -> Path:
                           "captions for images: image=PATH")
     cfg.data.predict_split = split
     datamodule = build_datamodule(cfg, task.tokenizer)
-    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                        default_root_dir=str(out.parent))
+    trainer = L.Trainer(**{"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
+                           "default_root_dir": str(out.parent), **(trainer_args or {})})
     trainer.predict(task, datamodule=datamodule, return_predictions=False)
     return write_results(task.results, out)
 
@@ -309,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         task, _ = task_with_weights(cfg, ckpt, own["ckpt"])
         if "split" in own:
             out = Path(own.get("out") or Path(own["ckpt"]).resolve().parent.parent / f"vqa_{own['split']}_results.json")
-            path = predict_split(task, cfg, own["split"], out)
+            from mammut_pl.evaluate import trainer_overrides
+
+            path = predict_split(task, cfg, own["split"], out, trainer_overrides(overrides))
             print(f"wrote {len(task.results)} answers to {path} (official VQA results format)")
             return 0
         batch_size = int(own.get("batch_size", 16))
