@@ -19,7 +19,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mammut_pl import config as config_lib
 from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.tokenizer import Tokenizer, build_tokenizer
-from mammut_pl.resume import AtomicCheckpointIO, ResumeState, check_resume_checkpoint, remove_stale_temporaries
+from mammut_pl.resume import (AtomicCheckpointIO, DiskFullError, ResumeState, check_resume_checkpoint,
+                               remove_stale_temporaries)
 from mammut_pl.tasks import TASKS
 from mammut_pl.tasks.base import NonFiniteLossError
 from mammut_pl.tracking import check_tracking_server, log_run_start, make_logger
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, DiskFullError) as err:  # disk full: the previous last.ckpt is kept
         print(f"error: {err}", file=sys.stderr)
         return 1
     except SIGTERMException:  # ResumeState saved last.ckpt at the step where it stopped
