@@ -55,6 +55,7 @@ from omegaconf import OmegaConf
 
 from mammut_pl.checkpoint import checkpoint_config, read_checkpoint, task_with_weights
 from mammut_pl.config import Config, ConfigError
+from mammut_pl.distributed import shutdown_process_group
 
 KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
 DATASETS = {file: name for name, file in KARPATHY_FILES.items()}
@@ -323,14 +324,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the scores, not the accelerator banner
+    done = False
     try:
         own, overrides = parse_args(argv)
         report = evaluate(own, overrides)
         if report:  # {} on the other ranks of a multi-process run
             print(format_report(report))
+        done = True
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:  # trainer.devices=N: every rank done before any tears the group down (see distributed.py)
+        shutdown_process_group(wait=done)
     return 0
 
 

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mammut_pl import config as config_lib
 from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.tokenizer import Tokenizer, build_tokenizer
+from mammut_pl.distributed import shutdown_process_group
 from mammut_pl.resume import (AtomicCheckpointIO, DiskFullError, ResumeState, check_resume_checkpoint,
                                remove_stale_temporaries)
 from mammut_pl.tasks import TASKS
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE.format(experiments=", ".join(config_lib.list_experiments()), keys=keys))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    done = False
     try:
         experiment, overrides = config_lib.parse_overrides(argv)
         cfg = config_lib.load(experiment, overrides)
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             print(config_lib.to_yaml(cfg))
             return 0
         run(cfg)
+        done = True
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
@@ -236,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped by SIGTERM; last.ckpt holds the last finished step: resume with ckpt_path=last",
               file=sys.stderr)
         return 128 + 15
+    finally:  # DDP: every rank done before any tears the group down (see distributed.py)
+        shutdown_process_group(wait=done)
     return 0
 
 
