@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from test_captioning_eval import SMALL_MODEL
 
 from mammut_pl import config as config_lib
-from mammut_pl import fit, resume
+from mammut_pl import fit, resume, runtime
 from mammut_pl.resume import check_resume_checkpoint, read_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -96,7 +96,7 @@ def test_enospc_on_save_stops_cleanly_and_resumes(tmp_path, monkeypatch, capsys)
     # a temporary as a SIGKILL mid-save would leave: gone once the run starts again
     (last.parent / ".last.ckpt.tmp-999999").write_bytes(b"PK\x03\x04 partial")
     steps = Steps()
-    fit.run(config_lib.load("demo", [*overrides, "ckpt_path=last"]), extra_callbacks=[steps], report=False)
+    runtime.run(config_lib.load("demo", [*overrides, "ckpt_path=last"]), extra_callbacks=[steps], report=False)
     assert steps.start == 2 and steps.batches == 4  # resumed from the kept step-2 checkpoint
     assert read_checkpoint(last)["global_step"] == 6
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]

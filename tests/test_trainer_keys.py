@@ -13,7 +13,7 @@ import pytest
 from test_captioning_eval import SMALL_MODEL
 
 from mammut_pl import config as config_lib
-from mammut_pl import evaluate, fit, predict
+from mammut_pl import evaluation, fit, prediction
 from mammut_pl.config import ConfigError
 
 # what fit / evaluate / predict pass to L.Trainer themselves and keep for themselves
@@ -37,7 +37,7 @@ EVAL_OVERRIDES = {"accelerator": "cpu", "devices": 1, "precision": "bf16-mixed",
 @pytest.mark.parametrize("key", sorted(EVAL_OVERRIDES))
 def test_evaluate_trainer_keys_are_overrides(key, tmp_path):
     value = EVAL_OVERRIDES[key]
-    kwargs = evaluate.eval_trainer_kwargs(tmp_path, [f"trainer.{key}={str(value).lower()}"])
+    kwargs = evaluation.eval_trainer_kwargs(tmp_path, [f"trainer.{key}={str(value).lower()}"])
     assert kwargs[key] == value
     L.Trainer(**kwargs)  # one value per argument
 
@@ -56,9 +56,9 @@ def test_predict_split_passes_trainer_keys(tmp_path, monkeypatch):
             pass
 
     monkeypatch.setattr(L, "Trainer", Recorder)
-    monkeypatch.setattr(fit, "build_datamodule", lambda cfg, tok: None)
-    args = evaluate.trainer_overrides(["trainer.accelerator=cpu", "trainer.precision=bf16-mixed", "x.y=1"])
-    predict.predict_split(SimpleNamespace(tokenizer=None, results=[]), cfg, "val", tmp_path / "r.json", args)
+    monkeypatch.setattr(prediction, "build_datamodule", lambda cfg, tok: None)
+    args = evaluation.trainer_overrides(["trainer.accelerator=cpu", "trainer.precision=bf16-mixed", "x.y=1"])
+    prediction.predict_split(SimpleNamespace(tokenizer=None, results=[]), cfg, "val", tmp_path / "r.json", args)
     assert seen["accelerator"] == "cpu" and seen["precision"] == "bf16-mixed" and seen["devices"] == 1
 
 
