@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.images import open_rgb
+from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import image_transform
 from mammut_pl.resume import derive_seed, lightning_epoch, seeded
 
