@@ -72,6 +72,15 @@ def trainer_overrides(overrides: list[str]) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.from_dotlist(given)).get("trainer", {}) if given else {}
 
 
+def eval_trainer_kwargs(out_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """The scoring Trainer's arguments: one device, full precision, no logger, unless the
+    command line says otherwise (logger / checkpointing / default_root_dir are refused by the
+    config check, naming the key)."""
+    return {"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,
+            "enable_checkpointing": False, "enable_model_summary": False,
+            "default_root_dir": str(out_dir), **trainer_overrides(overrides)}
+
+
 def default_out(ckpt: Path) -> Path:
     run_dir = ckpt.resolve().parent.parent if ckpt.parent.name == "checkpoints" else ckpt.resolve().parent
     return run_dir / "eval"
@@ -104,9 +113,7 @@ def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
         module, tokenizer = task_with_weights(cfg, ckpt, ckpt_path)
     datamodule = build_datamodule(cfg, tokenizer)
     data = describe_data(name, own["split"], cfg, datamodule)
-    trainer = L.Trainer(**{"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,
-                           "enable_checkpointing": False, "enable_model_summary": False,
-                           "default_root_dir": str(out_dir), **trainer_overrides(overrides)})
+    trainer = L.Trainer(**eval_trainer_kwargs(out_dir, overrides))
     tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     if not trainer.is_global_zero:  # several processes (trainer.devices=N): rank 0 writes and prints
         return {}

@@ -42,12 +42,13 @@ class DetectionTask(MaMMUTTask):
         self._class_weights: Tensor | None = None  # federated loss: the draw's weights per base class
         self.results: list[dict[str, Any]] = []
         self.results_path: Path | None = None
+        self._eval_file = ""  # the annotation file of the running validation / test
 
     # --- class embeddings --------------------------------------------------------------------------
     def class_embeddings(self, which: str) -> Tensor:
         """(K, D) text embeddings of the "train" (base) or "eval" (all) categories."""
         dm = self.trainer.datamodule
-        cats = dm.train_categories if which == "train" else dm.categories
+        cats = dm.train_categories if which == "train" else dm.categories_of(self._eval_file or dm.val_file)
         if self.cfg.detection.train_text and self.training:
             return class_text_embeddings(self.model, self.tokenizer, class_names(cats), self.cfg.detection.prompts,
                                          self.cfg.model.context_length)
@@ -87,15 +88,18 @@ class DetectionTask(MaMMUTTask):
 
     # --- evaluation -------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self.results = []
-        self._text_cache.pop("eval", None)
+        self._start_eval(self.trainer.datamodule.val_file)
 
     def on_test_epoch_start(self) -> None:
-        self.results = []
+        self._start_eval(self.trainer.datamodule.test_file)
+
+    def _start_eval(self, filename: str) -> None:
+        self.results, self._eval_file = [], filename  # scored with that file's own categories
         self._text_cache.pop("eval", None)
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
-        cats = self.trainer.datamodule.categories
+        dm = self.trainer.datamodule
+        cats = dm.categories_of(self._eval_file or dm.val_file)
         out = self.detector(self.model, batch["images"], self.class_embeddings("eval"))
         size = batch["images"].shape[-2:]
         for b, image_id in enumerate(batch["image_ids"].tolist()):
@@ -199,7 +203,7 @@ def describe_data(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
     gt = datamodule.eval_gt(datamodule.test_file)
     return {"data": "lvis", "root": cfg.data.root, "split": split, "annotation_file": datamodule.test_file,
             "images": len(gt["images"]), "annotations": len(gt["annotations"]),
-            "categories": len(datamodule.categories),
+            "categories": len(datamodule.categories_of(datamodule.test_file)),
             "subset": limit("detection.max_eval_images", cfg.detection.max_eval_images)}
 
 
