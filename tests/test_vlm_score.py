@@ -29,6 +29,8 @@ def test_region_pool_by_hand():
 class TinyVLM(nn.Module):
     """image_proj = identity, temperature 2, bias -1."""
 
+    config = MaMMUTConfig.from_name("test")  # final_ln_after_pool=False
+
     def __init__(self) -> None:
         super().__init__()
         self.image_proj = nn.Linear(2, 2, bias=False)
@@ -70,12 +72,13 @@ def test_vlm_probs_and_geometric_mean_by_hand():
         sorted(sig(logits[n][k]) ** 0.5 * sig(objectness[n]) ** 0.5 for n in range(2) for k in range(2)), rel=1e-5)
 
 
-@pytest.mark.parametrize("softmax", [False, True])
-def test_whole_image_box_scores_like_encode_image(softmax):
+@pytest.mark.parametrize("softmax, final_ln_after_pool", [(False, False), (True, False), (False, True)])
+def test_whole_image_box_scores_like_encode_image(softmax, final_ln_after_pool):
     """A box over the whole image pools every patch token: the same embedding as encode_image
-    (avg pool), scored as the contrastive head scores it."""
+    (avg pool, and the LayerNorm after it where the model has one), scored as the contrastive
+    head scores it."""
     torch.manual_seed(0)
-    model = MaMMUT(MaMMUTConfig.from_name("test")).eval()
+    model = MaMMUT(MaMMUTConfig.from_name("test", final_ln_after_pool=final_ln_after_pool)).eval()
     images = torch.randn(2, 3, 32, 32)
     text = F.normalize(torch.randn(3, 32), dim=-1)
     det = detector(vlm_score_weight_base=0.35, vlm_score_weight_novel=0.65)

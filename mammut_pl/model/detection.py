@@ -230,7 +230,10 @@ class OpenVocabDetector(nn.Module):
         the image projection of encode_image, cosine against the class embeddings, turned into
         probabilities as the contrastive loss does (sigmoid(s * cos + b); softmax over classes for the
         softmax loss): tokens (B, N, C), boxes (B, M, 4) xyxy normalised, text (K, D) -> (B, M, K)."""
-        region = F.normalize(model.image_proj(region_pool(tokens, boxes, grid)), dim=-1)  # (B, M, D)
+        pooled = region_pool(tokens, boxes, grid)  # (B, M, C)
+        if model.config.final_ln_after_pool:  # as ImageEncoder.pool: the LayerNorm after pooling
+            pooled = model.visual.vit.fc_norm(pooled)
+        region = F.normalize(model.image_proj(pooled), dim=-1)  # (B, M, D)
         scale, bias = model.scales()
         logits = scale * region.float() @ text.float().t()
         return logits.softmax(-1) if self.vlm_softmax else (logits + bias).sigmoid()
