@@ -55,7 +55,7 @@ class MaMMUTConfig:
     max_logit_scale: float = math.log(100.0)
     # --- cropped positional embeddings (RO-ViT), used in pretraining only ---
     cropped_pos_embed: bool = False
-    cpe_grid: int = 64  # upsampled grid (tokens per side), e.g. 1024 px / 16
+    cpe_grid: int = 0  # upsampled grid (tokens per side); 0 = the config loader derives detection.image_size / patch
     cpe_scale_min: float = 0.1  # crop area range, as a fraction of the upsampled grid
     cpe_scale_max: float = 1.0
     cpe_ratio_min: float = 0.5  # crop aspect-ratio range

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 class DetectionTask(MaMMUTTask):
     def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
         super().__init__(cfg, tokenizer)
-        self.detector = OpenVocabDetector(self.model, self.cfg.detection)
+        self.detector = OpenVocabDetector(self.model, self.cfg.detection,
+                                          vlm_softmax=self.cfg.loss.contrastive == "softmax")
         if not self.cfg.detection.train_text:  # the text side stays as pretrained: rare names keep their meaning
             for p in self.model.text.parameters():
                 p.requires_grad_(False)
@@ -58,6 +59,12 @@ class DetectionTask(MaMMUTTask):
                                                                 self.cfg.detection.prompts,
                                                                 self.cfg.model.context_length)
         return self._text_cache[which]
+
+    def novel_classes(self, categories: list[dict[str, Any]]) -> Tensor:
+        """(K,) bool over the evaluation `categories`: True for those held out of training (LVIS'
+        rare ones with detection.base_only), which get detection.vlm_score_weight_novel."""
+        base = {c["id"] for c in self.trainer.datamodule.train_categories}
+        return torch.tensor([c["id"] not in base for c in categories])
 
     def on_train_epoch_start(self) -> None:
         self._text_cache.clear()  # text weights may have changed (train_text) or moved device
@@ -100,7 +107,7 @@ class DetectionTask(MaMMUTTask):
     def _eval_step(self, batch: dict[str, Any]) -> None:
         dm = self.trainer.datamodule
         cats = dm.categories_of(self._eval_file or dm.val_file)
-        out = self.detector(self.model, batch["images"], self.class_embeddings("eval"))
+        out = self.detector(self.model, batch["images"], self.class_embeddings("eval"), self.novel_classes(cats))
         size = batch["images"].shape[-2:]
         for b, image_id in enumerate(batch["image_ids"].tolist()):
             h, w = batch["orig_sizes"][b].tolist()
