@@ -116,8 +116,8 @@ def test_kill_then_resume_equals_the_uninterrupted_run(tmp_path, world, capsys):
     assert term.returncode == 128 + 15, term_err[-3000:]
     killed_at = read_checkpoint(last_ckpt(tmp_path / "kill9"))["global_step"]
     termed_at = read_checkpoint(last_ckpt(tmp_path / "term"))["global_step"]
-    # killed while step 3 ran: step 2's checkpoint; SIGTERM in step 6: Lightning ends that step, saves
-    assert (killed_at, termed_at) == (2, 6)
+    # killed while step 3 ran: step 2's checkpoint; SIGTERM after step 5's: Lightning ends that step, saves
+    assert killed_at == 2 and 5 < termed_at < 12
     assert f"SIGTERM: saved {last_ckpt(tmp_path / 'term')} at global step {termed_at}" in term_err
 
     resumed = [start([*a, "ckpt_path=last"], tmp_path) for a in (kill9_args, term_args)]
