@@ -110,8 +110,8 @@ def test_kill_then_resume_equals_the_uninterrupted_run(tmp_path, world, capsys):
     # kill -9 in the step after the first checkpoint (step 2); SIGTERM in the step after the one at step 5
     kill9 = start_victim(kill9_args, tmp_path, signal.SIGKILL)
     term = start_victim(term_args, tmp_path, signal.SIGTERM)
-    _, kill9_err = kill9.communicate(timeout=900)
-    _, term_err = term.communicate(timeout=900)
+    _, kill9_err = kill9.communicate(timeout=1800)
+    _, term_err = term.communicate(timeout=1800)
     assert kill9.returncode == -signal.SIGKILL, kill9_err[-3000:]
     assert term.returncode == 128 + 15, term_err[-3000:]
     killed_at = read_checkpoint(last_ckpt(tmp_path / "kill9"))["global_step"]
