@@ -53,17 +53,18 @@ from typing import Any
 import lightning as L
 from omegaconf import OmegaConf
 
-from mammut_pl.checkpoint import checkpoint_config, read_checkpoint, task_with_weights
+from mammut_pl import config as config_lib
+from mammut_pl.checkpoint import checkpoint_config, load_task, read_checkpoint, task_with_weights
 from mammut_pl.config import Config, ConfigError
 
 KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
 DATASETS = {file: name for name, file in KARPATHY_FILES.items()}
 # what is evaluated -> the task (LightningModule) whose test loop scores it
 EVAL_TASKS = {"retrieval": "pretrain", "captioning": "captioning", "videoqa": "video_qa",
-              "video_caption": "video_captioning", "detection": "detection"}
+              "video_caption": "video_captioning", "detection": "detection", "zeroshot": "pretrain"}
 # evaluations of a checkpoint on its own dataset -> the experiment that trains such a checkpoint
 OWN_DATA = {"videoqa": "msrvtt_qa", "video_caption": "msrvtt_caption", "detection": "lvis"}
-OWN_KEYS = ("task", "ckpt", "data", "split", "out")
+OWN_KEYS = ("task", "ckpt", "data", "split", "out", "classnames", "templates")
 RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean_R")
 CAPTION_KEYS = ("BLEU1", "BLEU2", "BLEU3", "BLEU4", "CIDEr", "distinct_captions")
 VIDEO_RECALL_KEYS = tuple(k.replace("i2t", "v2t").replace("t2i", "t2v") for k in RECALL_KEYS)
@@ -98,6 +99,12 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         raise ConfigError(f"task={own.get('task', '')!r}: expected one of {', '.join(EVAL_TASKS)}")
     if not own.get("ckpt"):
         raise ConfigError("ckpt=PATH is required (a checkpoint written by `python -m mammut_pl.fit`)")
+    if task == "zeroshot":
+        if own.get("data"):
+            raise ConfigError(f"data={own['data']} is for task=retrieval|captioning: task=zeroshot reads an "
+                              "ImageFolder given as data.root=PATH")
+    elif any(k in own for k in ("classnames", "templates")):
+        raise ConfigError(f"classnames= / templates= are for task=zeroshot, not task={task}")
     if task in OWN_DATA:
         if own.get("data"):
             raise ConfigError(f"data={own['data']} is for task=retrieval|captioning: task={task} scores the "
@@ -209,6 +216,8 @@ def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
     from mammut_pl.fit import build_datamodule, prepare_data
 
     task = own["task"]
+    if task == "zeroshot":
+        return evaluate_zeroshot(own, overrides)
     ckpt_path = Path(own["ckpt"])
     ckpt = read_checkpoint(ckpt_path)
     cfg = eval_config(checkpoint_config(ckpt, ckpt_path, overrides), own, overrides)
@@ -241,6 +250,56 @@ def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
     return report
 
 
+def evaluate_zeroshot(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+    """Zero-shot classification of a suite checkpoint or an openMaMMUT folder on an ImageFolder."""
+    from mammut_pl.data.transforms import image_transform
+    from mammut_pl.tasks.zeroshot import (ZeroShotModel, is_openmammut_folder, load_openmammut_folder,
+                                          run_zeroshot, suite_tokenize)
+
+    ckpt = Path(own["ckpt"])
+    given = {o.split("=", 1)[0] for o in overrides}
+    if is_openmammut_folder(ckpt):
+        foreign = sorted(k for k in given if not k.startswith(("data.root", "data.eval_batch_size",
+                                                                "data.num_workers", "trainer.")))
+        if foreign:
+            raise ConfigError(f"ckpt={ckpt} is an openMaMMUT folder (its architecture comes from its "
+                              f"open_clip_config.json): {', '.join(foreign)} do not apply; only data.root, "
+                              "data.eval_batch_size, data.num_workers and trainer.* do")
+        cfg = config_lib.load("", [o for o in overrides if not o.startswith("trainer.")])
+        if "data.root" not in given:
+            raise ConfigError("task=zeroshot: give data.root=/path/to/imagefolder (one sub-folder per class)")
+        zs = load_openmammut_folder(ckpt)
+        root, names, templates = cfg.data.root, own.get("classnames", ""), own.get("templates", "openai")
+        out_dir = Path(own.get("out") or Path("outputs") / "eval" / ckpt.resolve().name)
+    else:
+        cfg, module, tokenizer = load_task(ckpt, overrides, task="pretrain")
+        d = cfg.data
+        if "data.root" in given:  # another dataset than the run's own zero-shot folder
+            root, names, templates = d.root, own.get("classnames", ""), own.get("templates", "openai")
+        elif d.zeroshot_root:  # the ImageFolder the run validated on, with its names and templates
+            root, names, templates = (d.zeroshot_root, own.get("classnames", d.zeroshot_classnames),
+                                      own.get("templates", d.zeroshot_templates))
+        else:
+            raise ConfigError("task=zeroshot: give data.root=/path/to/imagefolder (one sub-folder per class); "
+                              "this run had no data.zeroshot_root")
+        zs = ZeroShotModel(module.model, suite_tokenize(tokenizer, cfg.model.context_length),
+                           image_transform(cfg.model.image_size, train=False), "mammut_pl checkpoint")
+        out_dir = Path(own.get("out") or default_out(ckpt))
+    result = run_zeroshot(zs, root, names, templates, cfg.data.eval_batch_size, cfg.data.num_workers,
+                          trainer_overrides(overrides))
+    if not result:  # another rank
+        return {}
+    folder = Path(root).resolve()
+    report = {"task": "zeroshot", "ckpt": str(ckpt),
+              "data": "imagenet-1k" if result["classnames"] == "imagenet-1k" else folder.parent.name,
+              "split": folder.name, **result}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"zeroshot_{report['data']}_{report['split']}.json"
+    path.write_text(json.dumps(report, indent=1))
+    report["path"] = str(path)
+    return report
+
+
 # --- the printed table ------------------------------------------------------------------------------
 def recall_lines(m: dict[str, float], directions: tuple[tuple[str, str], ...]) -> list[str]:
     lines = [f"{'':16}{'R@1':>7}{'R@5':>7}{'R@10':>7}"]
@@ -267,6 +326,10 @@ def task_lines(report: dict[str, Any]) -> list[str]:
     if task == "retrieval":
         return [*recall_lines(m, (("i2t", "image -> text"), ("t2i", "text -> image"))),
                 f"{'mean of the six':16}{m['mean_R']:7.1f}"]
+    if task == "zeroshot":
+        from mammut_pl.tasks.zeroshot import zeroshot_lines
+
+        return zeroshot_lines(report)
     if task == "captioning":
         return [decoding_line(report["decoding"]), *caption_lines(m)]
     if task == "video_caption":
@@ -295,7 +358,7 @@ def task_lines(report: dict[str, Any]) -> list[str]:
 
 def format_report(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{report[k]} {k.replace('_', ' ')}" for k in
-                       ("images", "videos", "questions", "captions", "annotations", "categories") if k in report)
+                       ("images", "classes", "videos", "questions", "captions", "annotations", "categories") if k in report)
     head = f"{report['task']} | {report['data']} {report['split']}: {counts} | {report['ckpt']}"
     if report.get("subset"):
         head += f"\n  (not the full protocol: {report['subset']} keeps the first ones only)"

@@ -5,6 +5,7 @@ Train a MaMMUT task: config -> datamodule -> LightningModule -> MLflow."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -30,12 +31,21 @@ log = logging.getLogger("mammut_pl")
 # --- building blocks (also used by evaluate / predict / sweep) -------------------------
 def prepare_data(cfg: Config) -> None:
     """Write the embedded demo world if this experiment runs on it and it is missing."""
-    if cfg.data.demo and not Path(cfg.data.root).exists():
+    d = cfg.data
+    missing = not Path(d.root).exists() or (d.zeroshot_root and not Path(d.zeroshot_root).exists())
+    if d.demo and missing:  # absent, or a world written before a dataset was added (rewritten: older version)
         from mammut_pl.data.demo import write_demo
 
-        world = Path(cfg.data.root).parent
+        world = Path(d.root).parent
         log.info("writing the embedded demo data to %s", world)
-        write_demo(world)
+        write_demo(world, tiny=demo_world_is_tiny(world))
+
+
+def demo_world_is_tiny(world: Path) -> bool:
+    try:
+        return bool(json.loads((world / "manifest.json").read_text()).get("tiny", False))
+    except (OSError, ValueError):
+        return False
 
 
 def build_tokenizer_for(cfg: Config) -> Tokenizer:
@@ -141,6 +151,12 @@ def callbacks(cfg: Config, run_dir: Path, has_val: bool) -> list[Callback]:
     ]
     if cfg.mlflow.enabled:  # the LR monitor needs a logger
         cbs.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.data.zeroshot_root:
+        from mammut_pl.tasks.zeroshot import ZeroShotValidation
+
+        d = cfg.data
+        cbs.append(ZeroShotValidation(d.zeroshot_root, d.zeroshot_classnames, d.zeroshot_templates,
+                                      d.eval_batch_size, d.num_workers))
     if has_val and cfg.task in MONITOR:
         key, mode = MONITOR[cfg.task]
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=key, mode=mode, save_top_k=1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ def print_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, flo
             if images:
                 chance = 100.0 / len(images)
                 print(f"  ({len(images)} test images; chance R@1 for text -> image = {chance:.1f})")
+    if "val/zeroshot_top1" in metrics:  # the last validation's (data.zeroshot_root)
+        print(zeroshot_line(cfg, metrics))
     if "test/vqa_accuracy" in metrics:
         print_vqa(task, datamodule, metrics, cfg.eval.num_examples)
     if cfg.task == "captioning" and "test/CIDEr" in metrics:
@@ -65,6 +68,16 @@ def print_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, flo
         print(f"MLflow run {logger.run_id} in {tracking_uri(cfg)}")
         print(f"  open the UI: `make mlflow-ui`, then {logger.run_id and run_url_of(logger)}")
     print(line)
+
+
+def zeroshot_line(cfg: Config, metrics: dict[str, float]) -> str:
+    try:
+        n = sum(p.is_dir() for p in Path(cfg.data.zeroshot_root).iterdir())
+        chance = f", chance {100 / n:.1f}" if n else ""
+    except OSError:
+        n, chance = "?", ""
+    return (f"zero-shot classification ({n} classes, {os.path.normpath(cfg.data.zeroshot_root)}): top-1 {metrics['val/zeroshot_top1']:.1f}"
+            f"  top-5 {metrics.get('val/zeroshot_top5', float('nan')):.1f}{chance}")
 
 
 def print_vqa(task: Any, datamodule: Any, metrics: dict[str, float], n: int) -> None:
