@@ -39,7 +39,7 @@ def print_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, flo
             if images:
                 chance = 100.0 / len(images)
                 print(f"  ({len(images)} test images; chance R@1 for text -> image = {chance:.1f})")
-    if "val/zeroshot_top1" in metrics:  # the last validation's (data.zeroshot_root)
+    if "test/zeroshot_top1" in metrics:  # data.zeroshot_root, final weights
         print(zeroshot_line(cfg, metrics))
     if "test/vqa_accuracy" in metrics:
         print_vqa(task, datamodule, metrics, cfg.eval.num_examples)
@@ -76,8 +76,8 @@ def zeroshot_line(cfg: Config, metrics: dict[str, float]) -> str:
         chance = f", chance {100 / n:.1f}" if n else ""
     except OSError:
         n, chance = "?", ""
-    return (f"zero-shot classification ({n} classes, {os.path.normpath(cfg.data.zeroshot_root)}): top-1 {metrics['val/zeroshot_top1']:.1f}"
-            f"  top-5 {metrics.get('val/zeroshot_top5', float('nan')):.1f}{chance}")
+    return (f"zero-shot classification ({n} classes, {os.path.normpath(cfg.data.zeroshot_root)}): top-1 {metrics['test/zeroshot_top1']:.1f}"
+            f"  top-5 {metrics.get('test/zeroshot_top5', float('nan')):.1f}{chance}")
 
 
 def print_vqa(task: Any, datamodule: Any, metrics: dict[str, float], n: int) -> None:

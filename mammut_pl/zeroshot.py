@@ -10,8 +10,8 @@ take one batch of activations plus C x D floats, whatever C and T are.
 Class names (`classnames=`): ImageNet-1k names (open_clip's IMAGENET_CLASSNAMES, OpenAI's curated
 list) when every class folder is an ImageNet-1k WordNet id; otherwise a FILE; otherwise the folder
 names with "_" read as spaces. Templates (`templates=`): `openai` (the 80 of CLIP's ImageNet
-evaluation), `simple` (open_clip's 18) or a FILE. File formats: see `read_classnames` and
-`read_templates`.
+evaluation), `simple` (open_clip's SIMPLE_IMAGENET_TEMPLATES: the 7 of OpenAI's selected subset) or
+a FILE. File formats: see `read_classnames` and `read_templates`.
 """
 
 from __future__ import annotations

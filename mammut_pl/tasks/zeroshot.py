@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +104,10 @@ class ZeroShotTask(L.LightningModule):
 
 # --- during pretraining --------------------------------------------------------------------------------
 class ZeroShotValidation(Callback):
-    """Zero-shot top-1 / top-5 on an ImageFolder after each validation, logged as
-    `val/zeroshot_top1` / `val/zeroshot_top5`; the classifier is rebuilt from the current weights
-    with the task's own tokenizer. Under DDP each rank scores every world-th batch and the counts
-    are summed."""
+    """Zero-shot top-1 / top-5 on an ImageFolder after each validation (`val/zeroshot_top1`,
+    `val/zeroshot_top5`) and after the test run that follows training (`test/zeroshot_*`, the final
+    weights); the classifier is rebuilt from the current weights with the task's own tokenizer.
+    Under DDP each rank scores every world-th batch and the counts are summed."""
 
     def __init__(self, root: str, classnames: str = "", templates: str = "openai", batch_size: int = 64,
                  num_workers: int = 0) -> None:
@@ -120,10 +121,16 @@ class ZeroShotValidation(Callback):
         self.classnames, self.names_from = class_names(self.loader.dataset.folders, self.classnames_spec)
         self.templates = read_templates(self.templates_spec)
 
-    @torch.no_grad()
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.loader is None:
-            return
+        if not trainer.sanity_checking:
+            self.score(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.score(trainer, pl_module, "test")
+
+    @torch.no_grad()
+    def score(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        start = time.perf_counter()
         model, device = pl_module.model, pl_module.device
         tokenize = suite_tokenize(pl_module.tokenizer, pl_module.cfg.model.context_length)
         metric = ZeroShotAccuracy(len(self.classnames)).to(device)
@@ -134,8 +141,11 @@ class ZeroShotValidation(Callback):
                     logits = zero_shot_logits(model.encode_image(images.to(device)), classifier)
                     metric.update(logits, labels.to(device))
         scores = metric.compute()  # synced across ranks
-        pl_module.log("val/zeroshot_top1", scores["top1"].float())
-        pl_module.log("val/zeroshot_top5", scores["top5"].float())
+        pl_module.log(f"{stage}/zeroshot_top1", scores["top1"].float())
+        pl_module.log(f"{stage}/zeroshot_top5", scores["top5"].float())
+        log.info("%s zero-shot: %d images, %d classes x %d templates: top-1 %.1f (%.1f s)", stage,
+                 len(self.loader.dataset), len(self.classnames), len(self.templates), scores["top1"],
+                 time.perf_counter() - start)
 
 
 # --- one evaluation ------------------------------------------------------------------------------------
