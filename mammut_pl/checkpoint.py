@@ -17,6 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mammut_pl import config as config_lib
 from mammut_pl.config import Config, ConfigError
+from mammut_pl.data.builders import build_tokenizer_for
+from mammut_pl.tasks import build_task
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -67,8 +69,6 @@ def load_task(path: str | Path, overrides: list[str] | None = None, task: str | 
 
 def task_with_weights(cfg: Config, ckpt: dict[str, Any], path: str | Path):
     """(LightningModule for `cfg` holding the checkpoint's model weights, tokenizer), in eval mode."""
-    from mammut_pl.fit import build_task, build_tokenizer_for
-
     cfg.model.init_from = ""  # the weights come from this checkpoint
     cfg.model.compile = False
     tokenizer = build_tokenizer_for(cfg)
@@ -104,3 +104,23 @@ def load_task_head(module: Any, ckpt: dict[str, Any], path: str | Path, task: st
     if wrong:
         raise ValueError(f"{path}: {len(wrong)} tensors do not fit task={task}, e.g. {wrong[0]}")
     module.load_state_dict({k: stored[k] for k in head}, strict=False)
+
+
+def load_image_text_model(path: str | Path, overrides: list[str], task: str = "pretrain"):
+    """(config, model with encode_image / encode_text + its tokenizer and preprocessing) from a suite
+    checkpoint or an openMaMMUT folder (hub layout: open_clip_config.json; its architecture, tokenizer
+    and preprocessing come from that file, so only data.* reading keys and trainer.* apply)."""
+    from mammut_pl.tasks.zeroshot import is_openmammut_folder, load_openmammut_folder, suite_model
+
+    if not is_openmammut_folder(path):
+        cfg, module, tokenizer = load_task(path, overrides, task=task)
+        return cfg, suite_model(module.model, tokenizer, cfg)
+    given = [o.split("=", 1)[0] for o in overrides]
+    foreign = sorted(k for k in given if not k.startswith(("data.root", "data.eval_batch_size", "data.num_workers",
+                                                          "trainer.")))
+    if foreign:
+        raise ConfigError(f"ckpt={path} is an openMaMMUT folder (its architecture comes from its open_clip_config.json): "
+                          f"{', '.join(foreign)} do not apply; only data.root, data.eval_batch_size, "
+                          "data.num_workers and trainer.* do")
+    cfg = config_lib.load("", [o for o in overrides if not o.startswith("trainer.")])
+    return cfg, load_openmammut_folder(path)

@@ -16,7 +16,7 @@ from mammut_pl.data.imagefolder import ClassFolders, image_folder_loader
 from mammut_pl.data.tokenizer import ClipTokenizer
 from mammut_pl.metrics.zeroshot import ZeroShotAccuracy
 from mammut_pl.model import MaMMUT, MaMMUTConfig
-from mammut_pl.tasks.zeroshot import ZeroShotModel, run_zeroshot, suite_tokenize
+from mammut_pl.tasks.zeroshot import ImageTextModel, run_zeroshot, suite_tokenize
 from mammut_pl.zeroshot import build_classifier, class_names, imagenet_wnids, read_classnames, read_templates
 
 
@@ -125,7 +125,7 @@ def test_accuracy_equals_open_clip_zero_shot_run(clip_model, tmp_path):
 
     model, tok, cfg = clip_model
     root = noise_folder(tmp_path / "folder", classes=7, per_class=6)
-    zs = ZeroShotModel(model, suite_tokenize(tok, cfg.context_length), image_transform(cfg.image_size, False), "test")
+    zs = ImageTextModel(model, suite_tokenize(tok, cfg.context_length), image_transform(cfg.image_size, False), "test")
     report = run_zeroshot(zs, str(root), templates="simple", batch_size=5, num_workers=0,
                           trainer_kwargs={"accelerator": "cpu", "enable_progress_bar": False})
     # open_clip's own loop over torchvision's ImageFolder, with its classifier

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,30 +21,33 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.imagefolder import image_folder_loader
 from mammut_pl.metrics.zeroshot import ZeroShotAccuracy
+from mammut_pl.tasks.registry import EvalSpec, register_eval
 from mammut_pl.zeroshot import build_classifier, class_names, read_templates, zero_shot_logits
 
 log = logging.getLogger(__name__)
 OPEN_CLIP_CONFIG = "open_clip_config.json"
+SUITE = "mammut_pl checkpoint"
 REPORTED = ("top1", "top5", "mean_per_class_recall")
 
 
 @dataclass
-class ZeroShotModel:
-    """What zero-shot evaluation needs from a checkpoint."""
+class ImageTextModel:
+    """What zero-shot evaluation needs from a checkpoint (checkpoint.load_image_text_model)."""
 
     model: nn.Module  # encode_image (B, 3, H, W) -> (B, D), encode_text (B, T) -> (B, D)
     tokenize: Callable[[list[str]], Tensor]  # texts -> (B, T) token ids
     transform: Callable[[Any], Tensor]  # PIL image -> (3, H, W), the model's evaluation preprocessing
-    kind: str  # "mammut_pl checkpoint" | "openMaMMUT folder"
+    kind: str  # SUITE | "openMaMMUT folder"
 
 
 def is_openmammut_folder(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / OPEN_CLIP_CONFIG).is_file()
 
 
-def load_openmammut_folder(path: str | Path) -> ZeroShotModel:
+def load_openmammut_folder(path: str | Path) -> ImageTextModel:
     """An openMaMMUT hub folder: weights through load_openmammut, the CLIP tokenizer at the config's
     context length (open_clip pads to it: the contrastive pass averages over every position), and
     open_clip's evaluation transform from the config's image size and preprocess_cfg."""
@@ -64,8 +68,16 @@ def load_openmammut_folder(path: str | Path) -> ZeroShotModel:
     known = set(PreprocessCfg.__dataclass_fields__)
     preprocess = PreprocessCfg(**{"size": size, **{k: v for k, v in config.get("preprocess_cfg", {}).items()
                                                    if k in known}})
-    return ZeroShotModel(model=load_openmammut(path).eval(), tokenize=open_clip.get_tokenizer(f"local-dir:{path}"),
+    return ImageTextModel(model=load_openmammut(path).eval(), tokenize=open_clip.get_tokenizer(f"local-dir:{path}"),
                          transform=image_transform_v2(preprocess, is_train=False), kind="openMaMMUT folder")
+
+
+def suite_model(model: nn.Module, tokenizer: Any, cfg: Config) -> ImageTextModel:
+    """A suite checkpoint's MaMMUT with its tokenizer and evaluation transform."""
+    from mammut_pl.data.transforms import image_transform
+
+    return ImageTextModel(model, suite_tokenize(tokenizer, cfg.model.context_length),
+                          image_transform(cfg.model.image_size, train=False), SUITE)
 
 
 def suite_tokenize(tokenizer: Any, context_length: int) -> Callable[[list[str]], Tensor]:
@@ -149,7 +161,7 @@ class ZeroShotValidation(Callback):
 
 
 # --- one evaluation ------------------------------------------------------------------------------------
-def run_zeroshot(zs: ZeroShotModel, root: str, classnames: str = "", templates: str = "openai",
+def run_zeroshot(zs: ImageTextModel, root: str, classnames: str = "", templates: str = "openai",
                  batch_size: int = 64, num_workers: int = 2, trainer_kwargs: dict[str, Any] | None = None,
                  text_batch_size: int = 1000) -> dict[str, Any]:
     """Score `zs` on the ImageFolder `root`; the report's data part, metrics and per-class results."""
@@ -173,6 +185,26 @@ def run_zeroshot(zs: ZeroShotModel, root: str, classnames: str = "", templates: 
             "per_class": per_class}
 
 
+def evaluate_zeroshot(model: ImageTextModel, cfg: Config, own: dict[str, str], given: set[str],
+                      trainer_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """EvalSpec.run of `evaluate task=zeroshot`: data.root=, else the run's own data.zeroshot_root
+    (with its class names and templates); classnames= / templates= override either."""
+    d = cfg.data
+    if "data.root" in given:
+        root, names, templates = d.root, own.get("classnames", ""), own.get("templates", "openai")
+    elif d.zeroshot_root and model.kind == SUITE:  # the ImageFolder the run validated on
+        root, names, templates = (d.zeroshot_root, own.get("classnames", d.zeroshot_classnames),
+                                  own.get("templates", d.zeroshot_templates))
+    else:
+        raise ConfigError("task=zeroshot: give data.root=/path/to/imagefolder (one sub-folder of images per class)")
+    result = run_zeroshot(model, root, names, templates, d.eval_batch_size, d.num_workers, trainer_kwargs)
+    if not result:  # another rank
+        return {}
+    folder = Path(root).resolve()
+    data = "imagenet-1k" if result["classnames"] == "imagenet-1k" else folder.parent.name
+    return {"data": data, "split": folder.name, **result}
+
+
 def zeroshot_lines(report: dict[str, Any], worst: int = 5) -> list[str]:
     m = report["metrics"]
     lines = [f"class names: {report['classnames']}; templates: {report['templates']} ({report['num_templates']})",
@@ -182,3 +214,18 @@ def zeroshot_lines(report: dict[str, Any], worst: int = 5) -> list[str]:
     if len(report["per_class"]) > worst:
         lines.append("lowest top-1: " + ", ".join(f"{c['name']} {c['top1']:.0f}" for c in hardest))
     return lines
+
+
+def zeroshot_line(root: str, metrics: dict[str, float]) -> str:
+    """The end-of-fit report's line (data.zeroshot_root, test/zeroshot_* of the final weights)."""
+    try:
+        n = sum(p.is_dir() for p in Path(root).iterdir())
+        chance = f", chance {100 / n:.1f}" if n else ""
+    except OSError:
+        n, chance = "?", ""
+    return (f"zero-shot classification ({n} classes, {os.path.normpath(root)}): top-1 {metrics['test/zeroshot_top1']:.1f}"
+            f"  top-5 {metrics.get('test/zeroshot_top5', float('nan')):.1f}{chance}")
+
+
+register_eval(EvalSpec("zeroshot", task="pretrain", metrics=REPORTED, lines=zeroshot_lines,
+                       keys=("classnames", "templates"), run=evaluate_zeroshot))
