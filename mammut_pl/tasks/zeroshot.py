@@ -76,13 +76,16 @@ def suite_model(model: nn.Module, tokenizer: Any, cfg: Config) -> ImageTextModel
     """A suite checkpoint's MaMMUT with its tokenizer and evaluation transform."""
     from mammut_pl.data.transforms import image_transform
 
-    return ImageTextModel(model, suite_tokenize(tokenizer, cfg.model.context_length),
+    # an openMaMMUT-style contrastive pass (text_pool "mean_all") averages every context position,
+    # padding included: its texts must be padded to the full context, as open_clip's tokenizer does
+    full = getattr(getattr(model, "config", None), "text_pool", "mean") == "mean_all"
+    return ImageTextModel(model, suite_tokenize(tokenizer, cfg.model.context_length, not full),
                           image_transform(cfg.model.image_size, train=False), SUITE)
 
 
-def suite_tokenize(tokenizer: Any, context_length: int) -> Callable[[list[str]], Tensor]:
-    # padding is masked in the suite's contrastive pass: padding to the longest text is exact
-    return lambda texts: tokenizer(texts, context_length, pad_to_longest=True)
+def suite_tokenize(tokenizer: Any, context_length: int, pad_to_longest: bool = True) -> Callable[[list[str]], Tensor]:
+    # the suite's default contrastive pass masks padding: padding to the longest text is exact (and short)
+    return lambda texts: tokenizer(texts, context_length, pad_to_longest=pad_to_longest)
 
 
 # --- the test loop -----------------------------------------------------------------------------------
@@ -143,8 +146,8 @@ class ZeroShotValidation(Callback):
     @torch.no_grad()
     def score(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         start = time.perf_counter()
-        model, device = pl_module.model, pl_module.device
-        tokenize = suite_tokenize(pl_module.tokenizer, pl_module.cfg.model.context_length)
+        zs = suite_model(pl_module.model, pl_module.tokenizer, pl_module.cfg)
+        model, tokenize, device = zs.model, zs.tokenize, pl_module.device
         metric = ZeroShotAccuracy(len(self.classnames)).to(device)
         with trainer.precision_plugin.forward_context():
             classifier = build_classifier(model.encode_text, tokenize, self.classnames, self.templates, device=device)
