@@ -21,10 +21,10 @@ help: ## list the targets
 setup: ## create .venv (torch 2.13.0 CPU first, the rest under constraints.txt); idempotent
 	@bash scripts/setup_venv.sh
 
-data: setup ## write the embedded demo data (all five datasets' real formats) to $(DEMO_DIR) if missing
+data: setup ## write the embedded demo data (all six datasets' real formats) to $(DEMO_DIR) if missing
 	@$(PY) -m mammut_pl.data.demo --out $(DEMO_DIR)
 
-demo: data ## set up, then pretrain a small MaMMUT on CPU (a few minutes), print retrieval + captions
+demo: data ## set up, then pretrain a small MaMMUT on CPU (a few minutes), print retrieval, zero-shot top-1 + captions
 	@$(PY) -m mammut_pl.fit experiment=demo data.root=$(DEMO_DIR)/webdata data.val_root=$(DEMO_DIR)/coco data.tokenizer=$(DEMO_DIR)/tokenizer.json $(ARGS)
 
 evaluate: setup ## zero-shot retrieval R@1/5/10 of CKPT (default: the latest `make demo` run) on its COCO test split

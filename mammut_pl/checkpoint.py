@@ -128,6 +128,26 @@ def load_task_head(module: Any, ckpt: dict[str, Any], path: str | Path, task: st
     module.load_state_dict({k: stored[k] for k in head}, strict=False)
 
 
+def load_image_text_model(path: str | Path, overrides: list[str], task: str = "pretrain"):
+    """(config, model with encode_image / encode_text + its tokenizer and preprocessing) from a suite
+    checkpoint or an openMaMMUT folder (hub layout: open_clip_config.json; its architecture, tokenizer
+    and preprocessing come from that file, so only data.* reading keys and trainer.* apply)."""
+    from mammut_pl.tasks.zeroshot import is_openmammut_folder, load_openmammut_folder, suite_model
+
+    if not is_openmammut_folder(path):
+        cfg, module, tokenizer = load_task(path, overrides, task=task)
+        return cfg, suite_model(module.model, tokenizer, cfg)
+    given = [o.split("=", 1)[0] for o in overrides]
+    foreign = sorted(k for k in given if not k.startswith(("data.root", "data.eval_batch_size", "data.num_workers",
+                                                          "trainer.")))
+    if foreign:
+        raise ConfigError(f"ckpt={path} is an openMaMMUT folder (its architecture comes from its open_clip_config.json): "
+                          f"{', '.join(foreign)} do not apply; only data.root, data.eval_batch_size, "
+                          "data.num_workers and trainer.* do")
+    cfg = config_lib.load("", [o for o in overrides if not o.startswith("trainer.")])
+    return cfg, load_openmammut_folder(path)
+
+
 def export_openmammut(ckpt: str | Path, out: str | Path) -> Path:
     """A suite checkpoint -> hub-layout openMaMMUT folder (python -m mammut_pl.export); its
     architecture must be openMaMMUT-compatible and its tokenizer CLIP BPE (the fork's vocabulary)."""

@@ -69,6 +69,10 @@ class DataConfig:
     steps_per_epoch: int = 0
     shuffle_buffer: int = 1000
     val_root: str = ""  # a COCO root (Karpathy split) for zero-shot retrieval during pretraining
+    # zero-shot classification at each validation (val/zeroshot_top1), as open_clip's --imagenet-val
+    zeroshot_root: str = ""  # an ImageFolder (one sub-folder per class), e.g. ImageNet val; "" = off
+    zeroshot_classnames: str = ""  # "" = ImageNet-1k names for WordNet-id folders, else folder names; or a FILE
+    zeroshot_templates: str = "openai"  # openai | simple | a FILE of templates with {}
     # coco / flickr30k (Karpathy split JSON)
     karpathy_file: str = "dataset_coco.json"
     val_split: str = "val"

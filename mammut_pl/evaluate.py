@@ -1,7 +1,8 @@
 """python -m mammut_pl.evaluate task=TASK ckpt=PATH [split=test|val] [out=DIR] [key=value ...]
 
 TASK: retrieval | captioning (any image checkpoint, on a Karpathy-split COCO / Flickr30k),
-      videoqa | video_caption | detection (a checkpoint of that task, on its own dataset).
+      videoqa | video_caption | detection (a checkpoint of that task, on its own dataset),
+      zeroshot (any image checkpoint or an openMaMMUT folder, on an ImageFolder).
 
     # zero-shot retrieval, the standard Karpathy test protocols (COCO 5k images, Flickr30k 1k)
     python -m mammut_pl.evaluate task=retrieval ckpt=outputs/demo/RUN/checkpoints/last.ckpt data=coco
@@ -14,6 +15,9 @@ TASK: retrieval | captioning (any image checkpoint, on a Karpathy-split COCO / F
     python -m mammut_pl.evaluate task=video_caption ckpt=outputs/msrvtt_caption/RUN/checkpoints/best.ckpt
     # LVIS: official box AP, AP50, AP75, APs/m/l, APr/c/f, and the results JSON
     python -m mammut_pl.evaluate task=detection ckpt=outputs/lvis/RUN/checkpoints/best.ckpt data.root=/data/lvis
+    # zero-shot classification: top-1, top-5, mean per-class recall, per-class results in the JSON
+    python -m mammut_pl.evaluate task=zeroshot ckpt=CKPT_OR_OPENMAMMUT_FOLDER data.root=/data/imagenet/val
+    python -m mammut_pl.evaluate task=zeroshot ckpt=... data.root=/data/pets classnames=names.txt templates=simple
 
 data=coco|flickr30k (retrieval, captioning) reads ROOT/dataset_coco.json or
 ROOT/dataset_flickr30k.json (Karpathy split); ROOT is data.root=, else the
@@ -28,6 +32,13 @@ videoqa / video_caption / detection score a checkpoint trained with that task
 detection.test_file annotations, which default to val_file, or val_file). Another
 checkpoint is refused, naming both tasks. data.max_eval_questions= (video) and
 detection.max_eval_images= score the first ones only (the report says so).
+
+zeroshot reads data.root= (one sub-folder per class; without it, a pretraining run's own
+data.zeroshot_root): ImageNet-1k names and the 80 OpenAI templates when the folders are the
+ImageNet WordNet ids (sorted = the standard class index), else folder names; classnames=FILE
+(one name per line in sorted-folder order, `folder<TAB>name` lines, or JSON list / object) and
+templates=openai|simple|FILE (one template per line with {} for the name). ckpt= may be an
+openMaMMUT folder (open_clip_config.json + weights): its tokenizer and preprocessing are used.
 
 The config is the checkpoint's, `key=value` overrides it (eval.*, data.*,
 trainer.precision, ...). Scores are printed and written as JSON to out=DIR
@@ -54,6 +65,7 @@ from mammut_pl.runtime import cli_main
 from mammut_pl.tasks import EVAL_SPECS
 
 OWN_KEYS = ("task", "ckpt", "data", "split", "out")
+PROTOCOL_KEYS = {k for spec in EVAL_SPECS.values() for k in spec.keys}  # e.g. zeroshot's classnames=
 
 
 def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -64,7 +76,7 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         if "=" not in arg:
             raise ConfigError(f"argument {arg!r}: expected key=value (see --help)")
         key, value = arg.split("=", 1)
-        if key in OWN_KEYS:
+        if key in OWN_KEYS or key in PROTOCOL_KEYS:
             own[key] = value
         else:
             overrides.append(arg)
@@ -73,12 +85,18 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         raise ConfigError(f"task={own.get('task', '')!r}: expected one of {', '.join(EVAL_SPECS)}")
     if not own.get("ckpt"):
         raise ConfigError("ckpt=PATH is required (a checkpoint written by `python -m mammut_pl.fit`)")
+    foreign = sorted(k for k in own if k in PROTOCOL_KEYS and k not in EVAL_SPECS[name].keys)
+    if foreign:
+        owners = [n for n, s in EVAL_SPECS.items() if foreign[0] in s.keys]
+        raise ConfigError(f"{foreign[0]}= is for task={'|'.join(owners)}, not task={name}")
     if EVAL_SPECS[name].own_data:
         if own.get("data"):
             raise ConfigError(f"data={own['data']} is for task=retrieval|captioning: task={name} scores the "
                               "checkpoint on its own dataset (data.root=PATH points elsewhere)")
         if own["split"] not in ("test", "val"):
             raise ConfigError(f"split={own['split']!r}: task={name} scores split=test or split=val")
+    elif EVAL_SPECS[name].run and own.get("data"):
+        raise ConfigError(f"data={own['data']} is for task=retrieval|captioning: task={name} reads data.root=PATH")
     elif own.get("data", "") not in ("", *KARPATHY_FILES):
         raise ConfigError(f"data={own['data']!r}: expected one of {', '.join(KARPATHY_FILES)}")
     return own, overrides

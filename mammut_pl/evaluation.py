@@ -10,8 +10,8 @@ from typing import Any
 import lightning as L
 from omegaconf import OmegaConf
 
-from mammut_pl.checkpoint import (checkpoint_config, folder_config, read_checkpoint, task_from_folder,
-                                  task_with_weights)
+from mammut_pl.checkpoint import (checkpoint_config, folder_config, load_image_text_model, read_checkpoint,
+                                  task_from_folder, task_with_weights)
 from mammut_pl.model.openmammut import is_openmammut_dir
 from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.coco import KARPATHY_FILES
@@ -99,6 +99,8 @@ def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
     report and the other ranks return {}."""
     name = own["task"]
     spec = eval_spec(name)
+    if spec.run:
+        return evaluate_model(own, overrides)
     ckpt_path = Path(own["ckpt"])
     if is_openmammut_dir(ckpt_path):  # a hub folder: defaults + its architecture and weights
         cfg = eval_config(folder_config(ckpt_path, overrides), own, overrides)
@@ -128,8 +130,27 @@ def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
         report.update(spec.extra(datamodule))
     if getattr(module, "results_path", None):
         report["results_json"] = str(module.results_path)
+    return write_report(report, out_dir)
+
+
+def evaluate_model(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+    """A protocol that reads its own data (EvalSpec.run, e.g. zeroshot on an ImageFolder), on a
+    suite checkpoint or an openMaMMUT folder. Default out=: RUN/eval/, or outputs/eval/FOLDER/."""
+    spec = eval_spec(own["task"])
+    ckpt_path = Path(own["ckpt"])
+    cfg, model = load_image_text_model(ckpt_path, overrides, spec.task)
+    given = {o.split("=", 1)[0] for o in overrides}
+    scored = spec.run(model, cfg, own, given, trainer_overrides(overrides))
+    if not scored:  # another rank
+        return {}
+    folder_out = Path("outputs") / "eval" / ckpt_path.resolve().name if ckpt_path.is_dir() else default_out(ckpt_path)
+    return write_report({"task": own["task"], "ckpt": str(ckpt_path), **scored}, Path(own.get("out") or folder_out))
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """OUT/{task}_{data}_{split}.json; returns the report with its `path`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}_{report['data']}_{report['split']}.json"
+    path = out_dir / f"{report['task']}_{report['data']}_{report['split']}.json"
     path.write_text(json.dumps(report, indent=1))
     report["path"] = str(path)
     return report
@@ -139,7 +160,7 @@ def format_report(report: dict[str, Any]) -> str:
     """The printed table: what was scored, the protocol's lines, skipped inputs, files written."""
     spec = eval_spec(report["task"])
     counts = ", ".join(f"{report[k]} {k.replace('_', ' ')}" for k in
-                       ("images", "videos", "questions", "captions", "annotations", "categories") if k in report)
+                       ("images", "classes", "videos", "questions", "captions", "annotations", "categories") if k in report)
     head = f"{report['task']} | {report['data']} {report['split']}: {counts} | {report['ckpt']}"
     if report.get("subset"):
         head += f"\n  (not the full protocol: {report['subset']} keeps the first ones only)"

@@ -76,6 +76,12 @@ def build_callbacks(cfg: Config, run_dir: Path, has_val: bool) -> list[Callback]
     ]
     if cfg.mlflow.enabled:  # the LR monitor needs a logger
         cbs.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.data.zeroshot_root:  # zero-shot classification at each validation and after training
+        from mammut_pl.tasks.zeroshot import ZeroShotValidation
+
+        d = cfg.data
+        cbs.append(ZeroShotValidation(d.zeroshot_root, d.zeroshot_classnames, d.zeroshot_templates,
+                                      d.eval_batch_size, d.num_workers))
     if has_val:
         key, mode = task_spec(cfg.task).monitor
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=key, mode=mode, save_top_k=1,

@@ -163,7 +163,7 @@ def test_every_configurable_task_is_registered_and_every_protocol_scores_one():
     from mammut_pl.tasks import EVAL_SPECS, TASK_SPECS
 
     assert set(TASK_SPECS) == set(CONFIG_TASKS)
-    assert list(EVAL_SPECS) == ["retrieval", "captioning", "videoqa", "video_caption", "detection"]
+    assert list(EVAL_SPECS) == ["retrieval", "captioning", "videoqa", "video_caption", "detection", "zeroshot"]
     for spec in EVAL_SPECS.values():
         assert spec.task in TASK_SPECS
         assert bool(spec.own_data) == (spec.describe is not None) == (spec.set_split is not None), spec.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +19,21 @@ log = logging.getLogger("mammut_pl")
 
 def prepare_data(cfg: Config) -> None:
     """Write the embedded demo world if this experiment runs on it and it is missing."""
-    if cfg.data.demo and not Path(cfg.data.root).exists():
+    d = cfg.data
+    missing = not Path(d.root).exists() or (d.zeroshot_root and not Path(d.zeroshot_root).exists())
+    if d.demo and missing:  # absent, or written before a dataset was added (an older version: rewritten)
         from mammut_pl.data.demo import write_demo
 
-        world = Path(cfg.data.root).parent
+        world = Path(d.root).parent
         log.info("writing the embedded demo data to %s", world)
-        write_demo(world)
+        write_demo(world, tiny=demo_world_is_tiny(world))
+
+
+def demo_world_is_tiny(world: Path) -> bool:
+    try:
+        return bool(json.loads((world / "manifest.json").read_text()).get("tiny", False))
+    except (OSError, ValueError):
+        return False
 
 
 def build_tokenizer_for(cfg: Config) -> Tokenizer:

@@ -13,6 +13,7 @@ folder, in its published layout, so a reader written for the real data reads the
     DIR/vqav2/           v2_OpenEnded_mscoco_*_questions.json, v2_mscoco_*_annotations.json, images
     DIR/msrvtt/          videos/videoN.mp4, {train,val,test}_qa.json, MSRVTT_data.json, 1k-A test csv
     DIR/lvis/            lvis_v1_{train,val}.json, {train,val}2017/*.jpg; r/c/f categories
+    DIR/zeroshot/        val/{colour}_{shape}/*.jpg (ImageFolder: one shape per image, 35 classes), templates.txt
     DIR/manifest.json    written last: its presence marks a finished world
 
 Same seed -> byte-identical files (JSON, JPEG, tar and, with the same PyAV/x264 build, mp4). Every dataset
@@ -45,7 +46,7 @@ from mammut_pl.data.tokenizer import train_tokenizer
 __all__ = ["write_demo", "DemoSizes", "DEMO_SIZES", "TINY_SIZES", "VERSION", "COLORS", "SHAPES", "POSITIONS",
            "VIDEO_FRAMES", "VIDEO_FPS", "VIDEO_SIZE", "IMAGE_SIZE"]
 
-VERSION = 1  # bump when the output changes, so cached worlds are regenerated
+VERSION = 2  # bump when the output changes, so cached worlds are regenerated
 IMAGE_SIZE = 64
 VIDEO_SIZE = 64
 VIDEO_FRAMES = 16
@@ -75,6 +76,7 @@ class DemoSizes:
     lvis_targets: dict[str, tuple[int, int]]  # train images per category, by frequency: {"r": (lo, hi), "c": ..., "f": ...}
     lvis_val_target: tuple[int, int]  # val images per category (every category, rare included)
     lvis_thresholds: bool = True  # frequency from LVIS' train-image thresholds (r <= 10 < c <= 100 < f)
+    zeroshot_per_class: int = 10  # ImageFolder images per colour-shape class
 
 
 DEMO_SIZES = DemoSizes(
@@ -93,6 +95,7 @@ TINY_SIZES = DemoSizes(
     lvis_train=40, lvis_val=16,
     # Too few images for LVIS' thresholds (c: 11-100, f: >100): tiny keeps the tiers, scaled down.
     lvis_targets={"r": (1, 2), "c": (2, 3), "f": (5, 7)}, lvis_val_target=(1, 1), lvis_thresholds=False,
+    zeroshot_per_class=1,
 )
 
 # =============================================================================================================
@@ -776,6 +779,26 @@ def write_lvis(root: Path, seed: int, sz: DemoSizes) -> tuple[dict[str, Any], li
     return counts, texts
 
 
+# The demo's zero-shot prompts: the phrasings of its captions, so that its small vocabulary covers them
+ZEROSHOT_TEMPLATES = ("a {}", "there is a {}", "a {} on a dark background", "a picture of a {}", "an image with a {}")
+
+
+def write_zeroshot(root: Path, seed: int, sz: DemoSizes) -> tuple[dict[str, Any], list[str]]:
+    """An ImageFolder split for zero-shot classification: one shape per image (any position and size),
+    class = colour + shape (folder `red_circle`, name "red circle"), and templates.txt."""
+    rng = _rng(seed, 6)
+    classes = [f"{c}_{s}" for c in COLORS for s in SHAPES]
+    for name in classes:
+        color, shape = name.split("_")
+        (root / "val" / name).mkdir(parents=True, exist_ok=True)
+        for k in range(sz.zeroshot_per_class):
+            obj = make_obj(rng, shape, color, str(rng.choice(list(POSITIONS))), IMAGE_SIZE)
+            (root / "val" / name / f"{name}_{k:03d}.jpg").write_bytes(jpeg_bytes(render([obj], background(rng, IMAGE_SIZE))))
+    (root / "templates.txt").write_text("".join(t + "\n" for t in ZEROSHOT_TEMPLATES), encoding="utf-8")
+    return {"classes": len(classes), "images": len(classes) * sz.zeroshot_per_class,
+            "templates": len(ZEROSHOT_TEMPLATES)}, []  # no new words: the tokenizer stays as it was
+
+
 # =============================================================================================================
 # Entry point: build in a temporary folder, manifest last, then rename
 # =============================================================================================================
@@ -831,7 +854,7 @@ def _write_demo(out: str | Path, seed: int = 0, tiny: bool = False, force: bool 
         counts: dict[str, Any] = {}
         texts: list[str] = ["question", "answer", ":"]
         for name, writer in (("coco", write_coco), ("webdata", write_webdata), ("vqav2", write_vqav2),
-                             ("msrvtt", write_msrvtt), ("lvis", write_lvis)):
+                             ("msrvtt", write_msrvtt), ("lvis", write_lvis), ("zeroshot", write_zeroshot)):
             counts[name], t = writer(tmp / name, seed, sz)
             texts += t
         tok = train_tokenizer(texts, tmp / "tokenizer.json", vocab_size=1000)

@@ -8,9 +8,10 @@ from mammut_pl.tasks.captioning import CaptioningTask
 from mammut_pl.tasks.vqa import VQATask
 from mammut_pl.tasks.video import VideoCaptioningTask, VideoQATask
 from mammut_pl.tasks.detection import DetectionTask
+from mammut_pl.tasks.zeroshot import ZeroShotTask
 from mammut_pl.tasks.registry import EVAL_SPECS, TASK_SPECS, build_task, eval_spec, task_spec
 
 TASKS = {name: spec.module for name, spec in TASK_SPECS.items()}
 
 __all__ = ["EVAL_SPECS", "TASKS", "TASK_SPECS", "CaptioningTask", "DetectionTask", "PretrainTask", "VQATask",
-           "VideoCaptioningTask", "VideoQATask", "build_task", "eval_spec", "task_spec"]
+           "VideoCaptioningTask", "VideoQATask", "ZeroShotTask", "build_task", "eval_spec", "task_spec"]

@@ -110,6 +110,10 @@ def report_lines(cfg: Config, task: PretrainTask, datamodule: Any, metrics: dict
             if images:
                 chance = 100.0 / len(images)
                 lines.append(f"  ({len(images)} test images; chance R@1 for text -> image = {chance:.1f})")
+    if "test/zeroshot_top1" in metrics:  # data.zeroshot_root, scored on the final weights
+        from mammut_pl.tasks.zeroshot import zeroshot_line  # here: the registry lists retrieval first
+
+        lines.append(zeroshot_line(cfg.data.zeroshot_root, metrics))
     if cfg.loss.caption_weight > 0:
         lines.append("\ngenerated captions (greedy) vs references:")
         for generated, refs in example_captions(task, datamodule, cfg.eval.num_examples, cfg.eval.max_new_tokens):

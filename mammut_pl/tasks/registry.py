@@ -63,6 +63,11 @@ class EvalSpec:
     decoding: bool = False  # the report records the eval.* decoding settings
     extra: Callable[[Any], dict[str, Any]] | None = None  # datamodule -> more report fields
     skipped: str = "videos that"  # "N {skipped} could not be decoded"
+    keys: tuple[str, ...] = ()  # evaluate keys only this protocol reads (zeroshot: classnames, templates)
+    # a protocol that reads its own data, not a datamodule (zeroshot: an ImageFolder), and may score
+    # a model folder as well as a suite checkpoint: (model, cfg, own keys, given override keys,
+    # trainer kwargs) -> report (data, split, counts, metrics ...); see evaluation.evaluate_model
+    run: Callable[..., dict[str, Any]] | None = None
 
 
 TASK_SPECS: dict[str, TaskSpec] = {}
