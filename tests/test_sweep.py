@@ -2,6 +2,7 @@
 bad sweep files name the key; an interrupted trial is failed and retried with its own
 grid point, so a resumed study runs each grid point to completion exactly once."""
 
+import itertools
 import json
 from collections import Counter
 
@@ -15,10 +16,14 @@ from mammut_pl.config import ConfigError
 @pytest.mark.parametrize("name", sw.list_sweeps())
 def test_every_sweep_file_loads_and_every_stage_config_validates(name):
     sweep = sw.load_sweep(name)
-    assert sweep.sampler == "grid" and sweep.n_trials() == len(sweep.params[0].grid) >= 3
+    points = list(itertools.product(*(p.grid for p in sweep.params)))
+    assert sweep.sampler == "grid" and sweep.n_trials() == len(points) * max(1, len(sweep.seeds)) >= 3
+    assert len(sweep.seeds) >= 3 or name == "scaling"  # intervals by default (the scaling study: a fit instead)
+    if sweep.reference:  # a real grid point
+        assert tuple(sweep.reference[p.name] for p in sweep.params) in points
     cli = {s: [] for s in (*sw.STAGES, "all")}
-    for value in sweep.params[0].grid:
-        overrides = sweep.params[0].overrides(value)
+    for point in points:
+        overrides = {k: v for p, value in zip(sweep.params, point) for k, v in p.overrides(value).items()}
         pre = sw.stage_config(sweep, "pretrain", overrides, cli, [])
         downstream = [sw.stage_config(sweep, s, overrides, cli, []) for s in sw.DOWNSTREAM if getattr(sweep, s)]
         if downstream:
@@ -159,8 +164,8 @@ def test_results_table_and_markdown(tmp_path):
     assert list(df["pretrain/test/i2t_R@1"]) == [10.0, 20.0] and list(df["state"]) == ["COMPLETE"] * 2
     md = sw.markdown_table(df)
     assert md.splitlines()[2] == "| 0 | COMPLETE | 1 | 10.00 |"
-    png = sw.plot_results(df, sweep, tmp_path / "p.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (png,) = sw.plot_results(df, sweep, tmp_path)
+    assert png.name == "ablation.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.dumps(sw.load_sweep("xattn").settings.__dict__)  # settings are plain values
 
 
@@ -194,3 +199,59 @@ def test_sigterm_to_the_process_group_stops_the_sweep_and_the_rerun_retries_the_
     sw.run_workers(sweep, study, runner, [])
     done = [t.params["model.num_cross_attn"] for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert sorted(done) == [1, 2, 3, 4] and calls[2] == calls[1]  # the interrupted point first, each once
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("seeds: 0\n", "`seeds`"),
+    ("seeds: [1, 1]\n", "distinct"),
+    ("seeds: [a]\n", "`seeds`"),
+    ("seeds: 2\nsampler: tpe\nsweep: {n_trials: 2}\n", "sampler: grid"),
+    ("reference: {model.num_cross_attn: 7}\n", "reference.model.num_cross_attn"),
+    ("reference: {other: 1}\n", "`reference`"),
+])
+def test_bad_seeds_and_reference_name_the_key(tmp_path, extra, match):
+    with pytest.raises(ConfigError, match=match):
+        sw.load_sweep(_write(tmp_path, BASE + extra))
+
+
+def test_seeds_from_the_file_or_the_command_line():
+    assert sw.load_sweep("xattn", ["seeds=2"]).seeds == [0, 1]
+    assert sw.load_sweep("xattn", ["seeds=[3,7]"]).seeds == [3, 7]
+    sweep = sw.load_sweep("xattn", ["seeds=2"])
+    assert sweep.n_trials() == 4 * 2 and sw.search_space(sweep) == {"model.num_cross_attn": [1, 2, 3, 4], "seed": [0, 1]}
+
+
+class SeededRunner:
+    """Stands in for a trial: records the (point, seed) pairs it ran."""
+
+    def __init__(self, runner: sw.TrialRunner):
+        self.runner, self.pairs = runner, []
+
+    def __call__(self, trial):
+        point = self.runner.suggest(trial)["model.num_cross_attn"]
+        override = self.runner.suggest_seed(trial)
+        assert override == [f"seed={trial.params['seed']}"]  # what every stage's config gets
+        self.pairs.append((point, trial.params["seed"]))
+        return float(point)
+
+
+def test_seeds_run_every_point_once_per_seed_and_a_resume_keeps_finished_pairs(tmp_path):
+    sweep = sw.load_sweep(_write(tmp_path, BASE + "seeds: [0, 5]\n"), [f"out={tmp_path}"])
+    study = sw.open_study(sweep, tmp_path)
+    runner = SeededRunner(sw.TrialRunner(sweep, {}, tmp_path, ""))
+    study.optimize(runner, n_trials=2)
+    finished = list(runner.pairs)
+    killed = study.ask()  # a sweep killed in its third trial: left RUNNING
+    killed_pair = (killed.suggest_categorical("model.num_cross_attn", [1, 2]), killed.suggest_categorical("seed", [0, 5]))
+    assert killed_pair not in finished
+
+    study = sw.open_study(sweep, tmp_path)
+    assert sw.retry_interrupted(study) == [killed.number]
+    sw.run_workers(sweep, study, runner, [])
+    reruns = runner.pairs[len(finished):]
+    assert reruns[0] == killed_pair  # the interrupted pair first
+    assert not set(reruns) & set(finished) and len(set(reruns)) == len(reruns) == 2  # no finished pair again
+    done = sorted((t.params["model.num_cross_attn"], t.params["seed"]) for t in study.get_trials()
+                  if t.state.name == "COMPLETE")
+    assert done == [(1, 0), (1, 5), (2, 0), (2, 5)]  # every (point, seed) once
+    assert all(t.user_attrs["seed"] == t.params["seed"] for t in study.get_trials() if t.state.name == "COMPLETE")
