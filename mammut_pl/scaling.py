@@ -93,9 +93,9 @@ def train_flops_per_step(checkpoint: str | Path, batch_size: int) -> tuple[int, 
 
 
 # --- the fit ---------------------------------------------------------------------------------------
-def power_law(c: np.ndarray, a: float, b: float, e: float) -> np.ndarray:
-    """err(C) = a * C^(-b) + e (C in UNIT FLOPs)."""
-    return a * np.power(c, -b) + e
+def power_law(compute: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    """err(C) = a * C^(-b) + c (C in UNIT FLOPs)."""
+    return a * np.power(compute, -b) + c
 
 
 @dataclass
