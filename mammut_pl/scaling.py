@@ -60,7 +60,7 @@ def parse_settings(raw: Any, params: Sequence[str], record: Sequence[str], path:
         s.targets.append(Target(str(t["name"]), str(t["metric"]), bool(t.get("percent_to_error", False))))
     missing = [m for m in [s.compute, *(t.metric for t in s.targets)] if m not in record]
     if missing:
-        raise ValueError(f"{where}: {missing} must be listed under `record` (the trials keep only those)")
+        raise ValueError(f"{where}: {missing} must be objectives or listed under `record` (the trials keep only those)")
     return s
 
 

@@ -28,8 +28,8 @@ def test_every_sweep_file_loads_and_every_stage_config_validates(name):
         downstream = [sw.stage_config(sweep, s, overrides, cli, []) for s in sw.DOWNSTREAM if getattr(sweep, s)]
         if downstream:
             assert pre.task == "pretrain" and {c.task for c in downstream} <= {"vqa", "detection"}
-        else:  # one-stage sweeps: the video ablations
-            assert pre.task == "video_qa"
+        else:  # one-stage sweeps: the video ablations, the scaling study (pretraining alone)
+            assert pre.task == ("pretrain" if name == "scaling" else "video_qa")
         for key, v in overrides.items():  # the trial's values reach the configs
             group, field = key.split(".", 1)
             got = getattr(getattr(pre, group), field)
@@ -255,3 +255,9 @@ def test_seeds_run_every_point_once_per_seed_and_a_resume_keeps_finished_pairs(t
                   if t.state.name == "COMPLETE")
     assert done == [(1, 0), (1, 5), (2, 0), (2, 5)]  # every (point, seed) once
     assert all(t.user_attrs["seed"] == t.params["seed"] for t in study.get_trials() if t.state.name == "COMPLETE")
+
+
+def test_a_stage_seed_next_to_sweep_seeds_is_refused(tmp_path, capsys):
+    sweep_file = _write(tmp_path, BASE + "seeds: 2\n")
+    assert sw.main([f"sweep={sweep_file}", f"sweep.out={tmp_path}/out", "seed=1"]) == 2
+    assert "sweep.seeds" in capsys.readouterr().err and not (tmp_path / "out" / "study.db").exists()
