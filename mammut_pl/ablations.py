@@ -294,8 +294,9 @@ def metric_columns(trials: pd.DataFrame, objectives: Sequence[Objective] = (), p
 
 
 def trials_table(study: Study) -> pd.DataFrame:
-    """Every trial (pruned and failed ones too): state, swept params, metrics."""
-    return study.trials[["state", *study.params, *study.metrics]]
+    """Every trial (pruned and failed ones too): state, swept params, seed (if the sweep had seeds), metrics."""
+    seed = ["seed"] if "seed" in study.trials and "seed" not in study.params else []
+    return study.trials[["state", *study.params, *seed, *study.metrics]]
 
 
 def ablation_table(trials: pd.DataFrame, params: Sequence[str], metrics: Sequence[str],

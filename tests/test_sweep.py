@@ -6,6 +6,7 @@ import itertools
 import json
 from collections import Counter
 
+import numpy as np
 import optuna
 import pytest
 
@@ -261,3 +262,33 @@ def test_a_stage_seed_next_to_sweep_seeds_is_refused(tmp_path, capsys):
     sweep_file = _write(tmp_path, BASE + "seeds: 2\n")
     assert sw.main([f"sweep={sweep_file}", f"sweep.out={tmp_path}/out", "seed=1"]) == 2
     assert "sweep.seeds" in capsys.readouterr().err and not (tmp_path / "out" / "study.db").exists()
+
+
+def test_ablation_png_is_a_grid_with_the_objectives_first_and_the_reference_marked(tmp_path):
+    from PIL import Image
+
+    sweep = sw.load_sweep("xattn", ["seeds=2"])  # 2 objectives + 6 recorded metrics
+    study = optuna.create_study(directions=sweep.directions)
+    dists = {"model.num_cross_attn": optuna.distributions.CategoricalDistribution([1, 2, 3, 4]),
+             "seed": optuna.distributions.CategoricalDistribution([0, 1])}
+    for m in (1, 2, 3, 4):
+        for seed in (0, 1):
+            metrics = {k: 10.0 * m + seed for k in sw.result_metrics(sweep)}
+            study.add_trial(optuna.trial.create_trial(params={"model.num_cross_attn": m, "seed": seed},
+                                                      distributions=dists, values=[1.0, 1.0],
+                                                      user_attrs={"metrics": metrics}))
+    df = sw.results_table(study, sweep)
+    ablation, pareto = sw.plot_results(df, sweep, tmp_path)
+    width, height = Image.open(ablation).size
+    assert width / height < 2.5  # 8 panels in rows of 3, not 3520 x 352
+    assert pareto.name == "pareto.png" and pareto.read_bytes()[:4] == b"\x89PNG"
+    from mammut_pl import ablations
+
+    fig = ablations.plot_ablation(df, "model.num_cross_attn", [ablations.Objective(o.metric) for o in sweep.objectives],
+                                  reference=2)
+    first = fig.axes[0]
+    assert first.get_title().startswith("pretrain/test/i2t_R@1")  # the objectives first
+    assert any("reference 2" in t.get_text() for t in first.get_legend().get_texts())
+    # error bars: mean 10m + 0.5 over seeds {10m, 10m + 1}, t interval half-width 12.706 * 0.5
+    bars = [c for c in first.collections if hasattr(c, "get_segments")][-1].get_segments()
+    assert [tuple(np.round(s[:, 1], 3)) for s in bars][0] == pytest.approx((10.5 - 6.353, 10.5 + 6.353), abs=1e-3)

@@ -90,3 +90,44 @@ def test_flops_per_step_counted_from_the_checkpoint(tmp_path):
     assert 1.9 < f8 / f4 < 2.1  # linear in the batch (only the B x B logits are not)
     c4, _ = train_flops_per_step(clip, 4)
     assert 0 < c4 < f4  # contrastive only: the generative pass is skipped
+
+
+def test_summarise_writes_the_fits_and_logs_them_to_the_parent_run(tmp_path):
+    """sweeps/scaling.yaml's 18 points with results from known laws, through the sweep's summary:
+    scaling.json / scaling.png, the fits as parent-run metrics, the ablation grid readable."""
+    import mlflow
+    import optuna
+    from PIL import Image
+
+    from mammut_pl import sweep as sw
+
+    sweep = sw.load_sweep("scaling")
+    study = optuna.create_study(directions=sweep.directions)
+    dists = {p.name: optuna.distributions.CategoricalDistribution(p.grid) for p in sweep.params}
+    laws = {"clip": (0.5, 0.4, 0.30), "mammut": (0.8, 0.5, 0.20)}
+    per_step = {"S": 1e9, "M": 3e9, "L": 9e9}
+    for family in ("clip", "mammut"):
+        for size in ("S", "M", "L"):
+            for budget in ("50", "100", "200"):
+                flops = per_step[size] * int(budget) * (1.5 if family == "mammut" else 1.0)
+                mean_r = 100 * (1 - power_law(flops / 1e12, *laws[family]))
+                metrics = {"pretrain/test/mean_R": mean_r, "pretrain/train_flops": flops}
+                if family == "mammut":
+                    metrics["pretrain/test/caption_loss"] = float(power_law(flops / 1e12, 2.0, 0.3, 3.0))
+                study.add_trial(optuna.trial.create_trial(
+                    params={"family": family, "size": size, "budget": budget}, distributions=dists,
+                    values=[mean_r], user_attrs={"metrics": metrics}))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("x"))
+    sw.summarise(study, sweep, tmp_path, client, run.info.run_id, 1.0, finished=True)
+    report = json.loads((tmp_path / "scaling.json").read_text())
+    assert set(report["fits"]["retrieval_error"]) == {"clip", "mammut"}
+    assert set(report["fits"]["caption_loss"]) == {"mammut"}  # CLIP has no caption loss
+    assert report["fits"]["caption_loss"]["mammut"]["b"] == pytest.approx(0.3, abs=0.01)
+    logged = client.get_run(run.info.run_id).data.metrics
+    assert logged["scaling/retrieval_error/mammut/b"] == pytest.approx(report["fits"]["retrieval_error"]["mammut"]["b"])
+    assert "scaling/caption_loss/mammut/c_err" in logged
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"scaling.png", "scaling.json", "ablation.png", "intervals.csv", "results.md"} <= artifacts
+    width, height = Image.open(tmp_path / "ablation.png").size
+    assert width / height < 2.5  # a grid of panels, not one long strip
