@@ -4,7 +4,8 @@ points.
 
 Every trial pretrains one (family, size, budget); its training compute is counted, not
 estimated: the FLOPs of one training step (forward + backward of the suite's own loss,
-`torch.utils.flop_counter` through `bench.count_flops`) times the steps it ran. Per family we fit
+`torch.utils.flop_counter` through `flops.count_flops`, as `make bench` counts) times the
+steps it ran. Per family we fit
 
     err(C) = a * C^(-b) + c          (C in units of `UNIT` FLOPs)
 
@@ -72,7 +73,7 @@ def train_flops_per_step(checkpoint: str | Path, batch_size: int) -> tuple[int, 
     are shorter and padding is skipped)."""
     import torch
 
-    from mammut_pl.bench import count_flops
+    from mammut_pl.flops import count_flops
     from mammut_pl.tasks import TASKS
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
