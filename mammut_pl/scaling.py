@@ -73,13 +73,14 @@ def train_flops_per_step(checkpoint: str | Path, batch_size: int) -> tuple[int, 
     are shorter and padding is skipped)."""
     import torch
 
+    from mammut_pl.config import from_dict
     from mammut_pl.flops import count_flops
-    from mammut_pl.tasks import TASKS
+    from mammut_pl.tasks.registry import build_task
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    cfg = ckpt["hyper_parameters"]["cfg"]
-    cfg = {**cfg, "model": {**cfg["model"], "init_from": ""}}  # the FLOPs need the shapes, not the weights
-    task = TASKS[cfg["task"]](cfg)
+    stored = ckpt["hyper_parameters"]["cfg"]
+    stored = {**stored, "model": {**stored["model"], "init_from": ""}}  # the FLOPs need the shapes, not the weights
+    task = build_task(from_dict(stored), None)
     m = task.cfg.model
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(batch_size, 3, m.image_size, m.image_size, generator=gen)  # (B, 3, H, W)

@@ -8,14 +8,13 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
 from mammut_pl.sweep_stats import SEED
 
-if TYPE_CHECKING:
-    from mammut_pl.sweep import Sweep
+Sweep = Any  # mammut_pl.sweep.Sweep: an entry point, which library modules do not import
 
 
 def metric_key(name: str) -> str:
