@@ -21,6 +21,7 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 SEED = "seed"  # the column / trial param that holds a trial's seed
+STAT_COLUMNS = ("metric", "mean", "ci_low", "ci_high", "n", "diff", "diff_low", "diff_high", "n_pairs", "excludes_0")
 
 
 def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
@@ -65,6 +66,9 @@ def interval_table(trials: pd.DataFrame, params: Sequence[str], metrics: Sequenc
     Without a `seed` column every trial counts as its own seed (no pairing: n_pairs 0)."""
     done = trials[trials["state"] == "COMPLETE"] if "state" in trials else trials
     params = list(params)
+    clash = set(params) & set(STAT_COLUMNS)
+    if clash:
+        raise ValueError(f"swept parameter(s) {sorted(clash)} share a name with the table's columns {STAT_COLUMNS}")
     ref_rows = None
     if reference:
         missing = set(params) - set(reference)
