@@ -13,7 +13,7 @@ STRESS_RUNS ?= 3
 STRESS_HOGS ?= 2
 CKPT ?= $(lastword $(sort $(wildcard outputs/demo/*/checkpoints/last.ckpt)))
 
-.PHONY: help setup data demo evaluate test test-fast test-stress mlflow-ui mlflow-server bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task sweep-video sweep-cpe
+.PHONY: help setup data demo evaluate test test-fast test-stress mlflow-ui mlflow-server bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task sweep-video sweep-cpe sweep-scaling
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -30,23 +30,26 @@ demo: data ## set up, then pretrain a small MaMMUT on CPU (a few minutes), print
 evaluate: setup ## zero-shot retrieval R@1/5/10 of CKPT (default: the latest `make demo` run) on its COCO test split
 	@$(PY) -m mammut_pl.evaluate task=retrieval ckpt=$(CKPT) $(ARGS)
 
-sweep-xattn: data ## ablation: cross-attention layers M of N (retrieval + VQA per trial; 4 trials, 14.6 min on 2 idle cores); SWEEP_ARGS=...
+sweep-xattn: data ## ablation: cross-attention layers M of N (retrieval + VQA; 4 points x 3 seeds; 14.6 min per seed on 2 idle cores, ~44 min); SWEEP_ARGS="sweep.seeds=1" for one seed
 	@$(PY) -m mammut_pl.sweep sweep=xattn $(SWEEP_ARGS)
 
-sweep-loss: data ## ablation: contrastive:captioning loss weights (3 trials, 13.8 min on 2 idle cores); SWEEP_ARGS=...
+sweep-loss: data ## ablation: contrastive:captioning loss weights (3 points x 3 seeds; 13.8 min per seed on 2 idle cores, ~41 min); SWEEP_ARGS=...
 	@$(PY) -m mammut_pl.sweep sweep=loss_weight $(SWEEP_ARGS)
 
-sweep-encoder: data ## ablation: image encoder size (3 trials, ~12-15 min CPU, not timed); SWEEP_ARGS=...
+sweep-encoder: data ## ablation: image encoder size (3 points x 3 seeds; ~12-15 min per seed on 2 cores, not timed); SWEEP_ARGS=...
 	@$(PY) -m mammut_pl.sweep sweep=encoder_size $(SWEEP_ARGS)
 
-sweep-cross-task: data ## ablation: contrastive only / captioning only / both (3 trials, 11.2 min on 2 idle cores); SWEEP_ARGS=...
+sweep-cross-task: data ## ablation: contrastive only / captioning only / both (3 points x 3 seeds; 11.2 min per seed on 2 idle cores, ~34 min); SWEEP_ARGS=...
 	@$(PY) -m mammut_pl.sweep sweep=cross_task $(SWEEP_ARGS)
 
-sweep-video: data ## ablation: video tubes / fixed 3D sin-cos / gated connection on MSRVTT-QA (~15 min CPU); SWEEP_ARGS=...
+sweep-video: data ## ablation: video tubes / fixed 3D sin-cos / gated connection on MSRVTT-QA (4 points x 3 seeds; ~15 min per seed on 2 cores); SWEEP_ARGS=...
 	@$(PY) -m mammut_pl.sweep sweep=video $(SWEEP_ARGS)
 
-sweep-cpe: data ## ablation: cropped positional embeddings in pretraining vs LVIS detection APr (3 trials, measured 22 min 30 s on 2 CPU cores); SWEEP_ARGS=...
+sweep-cpe: data ## ablation: cropped positional embeddings in pretraining vs LVIS detection APr (3 points x 3 seeds; 22.5 min per seed on 2 cores, ~68 min); SWEEP_ARGS=...
 	@$(PY) -m mammut_pl.sweep sweep=cpe $(SWEEP_ARGS)
+
+sweep-scaling: data ## scaling study: CLIP vs MaMMUT, 3 sizes x 3 budgets, power-law fits of error vs counted FLOPs (18 runs, one seed; estimated ~20-25 min on 2 idle cores from the demo step times, not yet measured); SWEEP_ARGS=...
+	@$(PY) -m mammut_pl.sweep sweep=scaling $(SWEEP_ARGS)
 
 test: setup ## set up, then run the whole test suite (what CI runs)
 	@$(PY) -m pytest -q

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 EXPERIMENT = "mammut_pl-sweeps"
 KIND_TAG, SWEEP_TAG, STUDY_TAG = "mammut_pl.kind", "mammut_pl.sweep", "mammut_pl.study"
 PARAMS_TAG, OBJECTIVES_TAG, SPACE_TAG = "mammut_pl.params", "mammut_pl.objectives", "mammut_pl.space"
+REFERENCE_TAG, SEEDS_TAG = "mammut_pl.reference", "mammut_pl.seeds"
 TRIAL_TAG, STATE_TAG, PARENT_TAG = "optuna.trial", "optuna.state", "mlflow.parentRunId"
 COMPLETE = "COMPLETE"
 # when a parent run names no objectives: retrieval R@1 vs VQA accuracy, as in the paper's tables
@@ -82,6 +83,7 @@ class Study:
     parent_run_ids: list[str]
     start_time: int  # ms, newest parent run
     space: dict[str, list[str]] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)  # the sweep's reference point (paper default)
     # index `trial`; columns run_id, state, the swept params (typed), the metrics
     trials: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -98,6 +100,15 @@ class Study:
 
     def order(self, param: str) -> list[Any]:
         return param_order(self.trials[param], self.space.get(param))
+
+    def intervals(self) -> pd.DataFrame:
+        """Per point and metric: mean, 95% CI over seeds, n; the paired difference against the
+        reference point where the sweep names one (`sweep_stats.interval_table`)."""
+        from mammut_pl.sweep_stats import interval_table
+
+        reference = {p: typed_value(v, self.trials[p]) for p, v in self.reference.items() if p in self.trials}
+        return interval_table(self.completed(), self.params, self.metrics,
+                              reference if len(reference) == len(self.params) else None)
 
     def summary(self) -> str:
         counts = self.trials["state"].value_counts()
@@ -176,7 +187,8 @@ def _study(sweep: str, name: str, runs: list[Any]) -> Study:
     space = {str(k): [str(v) for v in vs] for k, vs in _json_tag(tags, SPACE_TAG, {}).items()}
     return Study(sweep=sweep, name=name, params=[str(p) for p in _json_tag(tags, PARAMS_TAG, [])],
                  objectives=objectives, status=newest.info.status, start_time=newest.info.start_time or 0,
-                 parent_run_ids=[r.info.run_id for r in runs], space=space)
+                 parent_run_ids=[r.info.run_id for r in runs], space=space,
+                 reference=_json_tag(tags, REFERENCE_TAG, {}) or {})
 
 
 def select_studies(studies: Sequence[Study], sweep: str | None = None) -> list[Study]:
@@ -207,12 +219,13 @@ def trials_frame(runs: Iterable[Any], params: Sequence[str]) -> pd.DataFrame:
             trial = int(tags[TRIAL_TAG])
         except (KeyError, ValueError):
             continue
+        seed = {"seed": run.data.params["seed"]} if "seed" in run.data.params and "seed" not in params else {}
         rows.append({"trial": trial, "run_id": run.info.run_id, "state": tags.get(STATE_TAG) or run.info.status,
-                     **{p: run.data.params.get(p) for p in params}, **run.data.metrics})
+                     **{p: run.data.params.get(p) for p in params}, **seed, **run.data.metrics})
     if not rows:
         return pd.DataFrame(columns=["run_id", "state", *params], index=pd.Index([], name="trial", dtype=int))
     df = pd.DataFrame(rows).drop_duplicates("trial", keep="last").set_index("trial").sort_index()
-    for p in params:
+    for p in [*params, *(["seed"] if "seed" in df else [])]:
         df[p] = typed(df[p])
     return df
 
@@ -245,6 +258,16 @@ def typed(values: pd.Series) -> pd.Series:
     return numbers.astype(float)
 
 
+def typed_value(value: Any, column: pd.Series) -> Any:
+    """A value (e.g. from a JSON tag) in the type of a `typed` column, for comparisons."""
+    if pd.api.types.is_numeric_dtype(column):
+        try:
+            return float(value) if pd.api.types.is_float_dtype(column) else int(value)
+        except (TypeError, ValueError):
+            return value
+    return str(value)
+
+
 def param_order(values: pd.Series, space: Sequence[Any] | None = None) -> list[Any]:
     """x-axis order of a swept param: numbers ascending; categories in the sweep file's order
     (`space`) where known, otherwise in order of first appearance (by trial number)."""
@@ -263,7 +286,7 @@ def _natural_key(name: str) -> list[Any]:
 def metric_columns(trials: pd.DataFrame, objectives: Sequence[Objective] = (), params: Sequence[str] = ()) -> list[str]:
     """Metric columns (float columns that are not `params`): the objectives first, then test
     metrics, then the rest, in natural order (R1, R5, R10)."""
-    fixed = {"run_id", "state", "sweep", "study", "trial", *params}
+    fixed = {"run_id", "state", "sweep", "study", "trial", "seed", *params}
     metrics = [c for c in trials.columns if c not in fixed and pd.api.types.is_float_dtype(trials[c])]
     first = [o.metric for o in as_objectives(objectives) if o.metric in metrics]
     rest = sorted((c for c in metrics if c not in first), key=lambda c: ("/test/" not in c, _natural_key(c)))
@@ -271,8 +294,9 @@ def metric_columns(trials: pd.DataFrame, objectives: Sequence[Objective] = (), p
 
 
 def trials_table(study: Study) -> pd.DataFrame:
-    """Every trial (pruned and failed ones too): state, swept params, metrics."""
-    return study.trials[["state", *study.params, *study.metrics]]
+    """Every trial (pruned and failed ones too): state, swept params, seed (if the sweep had seeds), metrics."""
+    seed = ["seed"] if "seed" in study.trials and "seed" not in study.params else []
+    return study.trials[["state", *study.params, *seed, *study.metrics]]
 
 
 def ablation_table(trials: pd.DataFrame, params: Sequence[str], metrics: Sequence[str],
@@ -329,10 +353,15 @@ def _arrow(direction: str) -> str:
 
 def plot_ablation(trials: pd.DataFrame, param: str, metrics: Sequence[str | Objective], *,
                   order: Sequence[Any] | None = None, title: str | None = None,
-                  baselines: Mapping[str, float] | None = None) -> Figure:
-    """One panel per metric vs the swept `param`: each completed trial a dot, the mean per value a
-    line. The x axis is the values in `order` (default `param_order`), evenly spaced; pruned and
-    failed trials are left out. `baselines` draws a dashed reference line in a metric's panel."""
+                  baselines: Mapping[str, float] | None = None, reference: Any = None) -> Figure:
+    """One panel per metric vs the swept `param` (a grid, 3 panels a row, in the order given:
+    objectives first): each completed trial (seed) a dot, the mean per value with its 95% t
+    interval over the seeds as error bars. The x axis is the values in `order` (default
+    `param_order`), evenly spaced; pruned and failed trials are left out. `baselines` draws a
+    dashed line in a metric's panel; `reference` (a value of `param`) marks the sweep's
+    reference point (a shaded column and a dotted line at its mean)."""
+    from mammut_pl.sweep_stats import mean_ci
+
     objs = as_objectives(metrics)
     done = trials[trials["state"] == COMPLETE] if "state" in trials else trials
     order = list(order) if order is not None else param_order(done[param])
@@ -347,10 +376,17 @@ def plot_ablation(trials: pd.DataFrame, param: str, metrics: Sequence[str | Obje
         pts = pts[pts[param].isin(pos)]
         xs = pts[param].map(pos).to_numpy(float)
         ax.scatter(xs, pts[obj.metric].to_numpy(float), alpha=0.45, color="tab:blue", label="trial")
-        means = pts.groupby(param, sort=False)[obj.metric].mean()
-        means = means.reindex([v for v in order if v in means.index])
+        per_value = pts.groupby(param, sort=False)[obj.metric].agg(list)
+        per_value = per_value.reindex([v for v in order if v in per_value.index])
+        ci = np.array([mean_ci(v)[:3] for v in per_value], dtype=float).reshape(-1, 3)  # (values, mean/low/high)
+        err = np.nan_to_num(np.abs(ci[:, 1:].T - ci[:, 0]))  # (2, values); no interval (n < 2): no bar
         style = "o-" if numeric else "D"  # no line between categories
-        ax.plot([pos[v] for v in means.index], means.to_numpy(float), style, color="tab:blue", label="mean")
+        ax.errorbar([pos[v] for v in per_value.index], ci[:, 0], yerr=err, fmt=style, color="tab:blue",
+                    capsize=4, label="mean, 95% CI")
+        if reference is not None and reference in per_value.index:
+            ax.axvspan(pos[reference] - 0.4, pos[reference] + 0.4, color="tab:orange", alpha=0.15,
+                       label=f"reference {reference}")
+            ax.axhline(ci[list(per_value.index).index(reference), 0], ls=":", color="tab:orange")
         if baselines and obj.metric in baselines:
             ax.axhline(baselines[obj.metric], ls="--", color="gray", label="baseline")
             ax.legend(fontsize=8)
@@ -395,6 +431,54 @@ def plot_pareto(trials: pd.DataFrame, objectives: Sequence[Objective | Mapping[s
     ax.set_ylabel(f"{y.metric} {_arrow(y.direction)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title=f"labels: #trial {label}" if label else None, title_fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def point_means(intervals: pd.DataFrame, params: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """The long interval table (`Study.intervals`) as one row per point: `{metric}` (the mean),
+    `{metric} low`, `{metric} high` and `{metric} n` for each of `metrics`; points in table order."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for r in intervals.to_dict("records"):
+        if r["metric"] in metrics:
+            m = r["metric"]
+            row = rows.setdefault(tuple(r[p] for p in params), {p: r[p] for p in params})
+            row.update({m: r["mean"], f"{m} low": r["ci_low"], f"{m} high": r["ci_high"], f"{m} n": r["n"]})
+    columns = [*params, *[f"{m}{suffix}" for m in metrics for suffix in ("", " low", " high", " n")]]
+    return pd.DataFrame(list(rows.values()), columns=columns)
+
+
+def plot_pareto_intervals(intervals: pd.DataFrame, params: Sequence[str],
+                          objectives: Sequence[Objective | Mapping[str, str] | str], *,
+                          reference: Mapping[str, Any] | None = None, title: str | None = None) -> Figure:
+    """The first two objectives' means over seeds per point, with their 95% intervals as error
+    bars in both directions; the points whose means no other point's means dominate in red (a
+    front through intervals that overlap is no claim: read the bars); the reference point boxed."""
+    x, y = as_objectives(objectives)[:2]
+    pts = point_means(intervals, params, [x.metric, y.metric]).dropna(subset=[x.metric, y.metric])
+    mask = pareto_front(pts, [x, y]) if len(pts) else np.zeros(0, dtype=bool)
+    fig = Figure(figsize=(6.0, 4.6), layout="constrained")
+    ax = fig.subplots()
+
+    def err(df: pd.DataFrame, m: str) -> np.ndarray:
+        return np.nan_to_num(np.abs(df[[f"{m} low", f"{m} high"]].to_numpy(float).T - df[m].to_numpy(float)))
+
+    for part, color, name in ((pts[~mask], "tab:gray", "dominated (means)"), (pts[mask], "tab:red", "front of the means")):
+        ax.errorbar(part[x.metric], part[y.metric], xerr=err(part, x.metric), yerr=err(part, y.metric),
+                    fmt="o", color=color, capsize=3, label=name)
+    front = pts[mask].sort_values(x.metric)
+    ax.plot(front[x.metric], front[y.metric], color="tab:red", alpha=0.4)
+    for row in pts.to_dict("records"):
+        point = {p: row[p] for p in params}
+        is_ref = bool(reference) and all(str(point[p]) == str(reference[p]) for p in params)
+        label = ", ".join(str(v) for v in point.values()) + (" (reference)" if is_ref else "")
+        ax.annotate(label, (row[x.metric], row[y.metric]), textcoords="offset points", xytext=(5, 5), fontsize=8,
+                    bbox={"boxstyle": "round", "fc": "none", "ec": "tab:orange"} if is_ref else None)
+    ax.set_xlabel(f"{x.metric} {_arrow(x.direction)}")
+    ax.set_ylabel(f"{y.metric} {_arrow(y.direction)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="mean over seeds, 95% CI", title_fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     return fig

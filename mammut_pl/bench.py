@@ -74,6 +74,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mammut_pl.flops import count_flops  # shared with the scaling study (mammut_pl.scaling)
+
 # Realistic COCO-style captions (8-20 words); the batch takes them in order, cycling.
 CAPTIONS = [
     "A man riding a wave on top of a surfboard.",
@@ -469,13 +471,6 @@ def train_step(c: Contender, images: Tensor, tokens: Tensor, autocast: Any) -> C
     return step
 
 
-def count_flops(step: Callable[[], None]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return counter.get_total_flops()
 
 
 def measure_training(contenders: list[Contender], images: Tensor, tokens: Tensor, warmup: int, rounds: int,

@@ -44,6 +44,10 @@ from omegaconf import OmegaConf
 
 from mammut_pl import config as config_lib
 from mammut_pl.config import PROJECT_ROOT, ConfigError
+from mammut_pl.sweep_results import markdown_table, metric_key, plot_results, result_metrics, results_table, summarise
+from mammut_pl.sweep_stats import SEED
+
+__all__ = ["main", "load_sweep", "results_table", "markdown_table", "plot_results", "summarise"]
 
 log = logging.getLogger("mammut_pl.sweep")
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
@@ -90,7 +94,8 @@ class SweepSettings:
     storage: str = ""  # "" = SQLite (1 worker) / JournalStorage file (several) in `out`; or an RDB URL
     study_name: str = ""  # "" = the sweep name
     out: str = ""  # "" = sweeps/out/NAME
-    seed: int = 0
+    seed: int = 0  # the grid/TPE sampler's seed (the order trials are drawn in)
+    seeds: Any = None  # N (= seeds 0..N-1) or a list: every point runs once per seed; None: once (config seed)
     mlflow_experiment: str = MLFLOW_EXPERIMENT
     tracking_uri: str = ""  # "" = the suite's default (mlflow.db in the project, or $MLFLOW_TRACKING_URI)
     role: str = "main"  # main | worker (internal: processes started by sweep.workers)
@@ -113,6 +118,9 @@ class Sweep:
     overrides: dict[str, list[str]]  # per stage (and "all") key=value budget of this sweep
     settings: SweepSettings
     path: Path
+    seeds: list[int] = field(default_factory=list)  # [] = one run per point with the configs' own seed
+    reference: dict[str, Any] = field(default_factory=dict)  # the paper's default point: {param: value}
+    scaling: Any = None  # the scaling study's settings (mammut_pl.scaling.ScalingSettings), or None
 
     @property
     def directions(self) -> list[str]:
@@ -123,7 +131,7 @@ class Sweep:
             return self.settings.n_trials
         if self.sampler != "grid":
             raise ConfigError(f"{self.path}: sampler={self.sampler} needs sweep.n_trials")
-        return math.prod(len(p.grid) for p in self.params)
+        return math.prod(len(p.grid) for p in self.params) * max(1, len(self.seeds))
 
 
 def list_sweeps() -> list[str]:
@@ -131,7 +139,7 @@ def list_sweeps() -> list[str]:
 
 
 SWEEP_KEYS = {"description", "pretrain", "vqa", "lvis", "params", "objectives", "record", "sampler", "pruner",
-              "prune_metric", "prune_threshold", "overrides", "sweep"}
+              "prune_metric", "prune_threshold", "overrides", "sweep", "seeds", "reference", "scaling"}
 
 
 def load_sweep(name: str, settings_overrides: list[str] | None = None) -> Sweep:
@@ -193,6 +201,18 @@ def load_sweep(name: str, settings_overrides: list[str] | None = None) -> Sweep:
         overrides={k: list(v) for k, v in (raw.get("overrides") or {}).items()},
         settings=OmegaConf.to_object(settings), path=path,
     )
+    sweep.seeds = parse_seeds(sweep.settings.seeds if sweep.settings.seeds is not None else raw.get("seeds"), path)
+    sweep.reference = parse_reference(raw.get("reference"), params, path)
+    from mammut_pl.scaling import parse_settings
+
+    try:
+        sweep.scaling = parse_settings(raw.get("scaling"), [p.name for p in params], result_metrics(sweep), path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    need(not sweep.seeds or sweep.sampler == "grid", "seeds",
+         "seeds run every grid point once per seed: use sampler: grid (tpe/random draw their own points)")
+    need(not sweep.seeds or "seed" not in {p.name for p in params}, "params.seed",
+         "`seed` is swept by `seeds:` / sweep.seeds, not as a parameter")
     need(sweep.sampler in ("grid", "tpe", "random"), "sampler", "expected grid, tpe or random")
     need(sweep.pruner in ("none", "median", "threshold"), "pruner", "expected none, median or threshold")
     need(sweep.pruner == "none" or len(objectives) == 1, "pruner",
@@ -208,6 +228,34 @@ def load_sweep(name: str, settings_overrides: list[str] | None = None) -> Sweep:
     need(s.n_trials >= 0, "sweep.n_trials", "must be >= 0")
     sweep.n_trials()  # raises if a non-grid sampler has no budget
     return sweep
+
+
+def parse_seeds(value: Any, path: Path) -> list[int]:
+    """`seeds: 3` / sweep.seeds=3 -> [0, 1, 2]; `seeds: [0, 5]` as given; None -> []."""
+    if value is None or value == []:
+        return []
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, (list, tuple)) and value
+                                                                    and all(isinstance(v, int) and not isinstance(v, bool) for v in value))):
+        raise ConfigError(f"{path}: `seeds` / sweep.seeds: expected a number of seeds N >= 1 or a list of "
+                          f"distinct integers, got {value!r}")
+    seeds = list(range(value)) if isinstance(value, int) else list(value)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: `seeds` / sweep.seeds: expected N >= 1 or distinct integers, got {value!r}")
+    return seeds
+
+
+def parse_reference(value: Any, params: list[Param], path: Path) -> dict[str, Any]:
+    """`reference: {param: value, ...}`: one value of every swept parameter, from its grid."""
+    if value is None:
+        return {}
+    grids = {p.name: p.grid for p in params}
+    if not isinstance(value, dict) or set(value) != set(grids):
+        raise ConfigError(f"{path}: `reference`: expected a value for each swept parameter {sorted(grids)}, "
+                          f"got {value!r}")
+    for name, v in value.items():
+        if grids[name] and v not in grids[name]:
+            raise ConfigError(f"{path}: `reference.{name}`: {v!r} is not one of {grids[name]}")
+    return dict(value)
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -278,9 +326,15 @@ def storage_for(sweep: Sweep, out: Path) -> str | optuna.storages.BaseStorage:
     return f"sqlite:///{db}"
 
 
+def search_space(sweep: Sweep) -> dict[str, list[Any]]:
+    """The grid: every parameter's values, and the seeds as one more dimension."""
+    space = {p.name: p.grid for p in sweep.params}
+    return {**space, SEED: sweep.seeds} if sweep.seeds else space
+
+
 def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     if sweep.sampler == "grid":
-        return optuna.samplers.GridSampler({p.name: p.grid for p in sweep.params}, seed=sweep.settings.seed)
+        return optuna.samplers.GridSampler(search_space(sweep), seed=sweep.settings.seed)
     if sweep.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=sweep.settings.seed)
     return optuna.samplers.RandomSampler(seed=sweep.settings.seed)
@@ -374,10 +428,6 @@ def mlflow_client(sweep: Sweep):
     return mlflow.MlflowClient(uri), uri
 
 
-def metric_key(name: str) -> str:
-    return name.replace("@", "")  # MLflow forbids '@' (R@1 -> R1), as Lightning's logger does
-
-
 def parent_run(study: optuna.Study, sweep: Sweep) -> str:
     """The study's MLflow parent run: created once, its id kept in the study."""
     client, _ = mlflow_client(sweep)
@@ -390,6 +440,7 @@ def parent_run(study: optuna.Study, sweep: Sweep) -> str:
         "mammut_pl.kind": "sweep", "mammut_pl.sweep": sweep.name, "mammut_pl.study": study.study_name,
         "mammut_pl.params": json.dumps([p.name for p in sweep.params]),
         "mammut_pl.space": json.dumps({p.name: p.grid for p in sweep.params if p.grid}),
+        "mammut_pl.seeds": json.dumps(sweep.seeds), "mammut_pl.reference": json.dumps(sweep.reference),
         "mammut_pl.objectives": json.dumps([{"metric": metric_key(o.metric), "direction": o.direction}
                                             for o in sweep.objectives]),
         "mlflow.note.content": sweep.description,
@@ -428,11 +479,20 @@ class TrialRunner:
                 chosen[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), log=p.log)
         return chosen
 
+    def suggest_seed(self, trial: optuna.Trial) -> list[str]:
+        """The trial's seed (a grid dimension): recorded on the trial, set in every stage."""
+        if not self.sweep.seeds:
+            return []
+        seed = trial.suggest_categorical(SEED, self.sweep.seeds)
+        trial.set_user_attr(SEED, seed)
+        return [f"seed={seed}"]
+
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         from mammut_pl.runtime import run
 
         sweep = self.sweep
         chosen = self.suggest(trial)
+        seed_override = self.suggest_seed(trial)
         overrides: dict[str, Any] = {}
         for p in sweep.params:
             overrides.update(p.overrides(chosen[p.name]))
@@ -443,10 +503,13 @@ class TrialRunner:
             "mlflow.parentRunId": self.parent_run_id, "mammut_pl.kind": "trial", "mammut_pl.sweep": sweep.name,
             "mammut_pl.study": trial.study.study_name, "optuna.trial": str(trial.number), "optuna.state": "RUNNING",
             "trial_dir": str(trial_dir.resolve()),
+            **({"mammut_pl.seed": str(trial.params[SEED])} if sweep.seeds else {}),
         }).info.run_id
         trial.set_user_attr("mlflow_run_id", child)
         for name, value in chosen.items():
             client.log_param(child, name, _value_str(value))
+        if sweep.seeds:
+            client.log_param(child, SEED, str(trial.params[SEED]))
         for key, value in overrides.items():
             if key not in chosen:
                 client.log_param(child, key, _value_str(value))
@@ -457,7 +520,7 @@ class TrialRunner:
                 return nest_under(cfg, child, uri, sweep, f"{sweep.name}-trial-{trial.number}-{stage}")
 
             # pretraining, pruned on its validation metric (single-objective studies)
-            cfg = tracked(stage_config(sweep, "pretrain", overrides, self.cli, [f"output_dir={trial_dir}"]), "pretrain")
+            cfg = tracked(stage_config(sweep, "pretrain", overrides, self.cli, [f"output_dir={trial_dir}", *seed_override]), "pretrain")
             callbacks = []
             if sweep.pruner != "none":
                 from optuna_integration import PyTorchLightningPruningCallback
@@ -467,10 +530,15 @@ class TrialRunner:
             values.update({f"pretrain/{k}": v for k, v in metrics.items()})
             ckpt = last_checkpoint(trial_dir / (cfg.experiment or "default"))
             trial.set_user_attr("pretrain_checkpoint", str(ckpt))
+            if sweep.scaling:  # the run's training compute, counted: FLOPs of one step x the steps it took
+                from mammut_pl.scaling import train_flops_per_step
+
+                per_step, steps = train_flops_per_step(ckpt, cfg.data.batch_size)
+                values.update({"pretrain/flops_per_step": float(per_step), "pretrain/train_flops": float(per_step * steps)})
             client.set_tag(child, "pretrain_checkpoint", str(ckpt))
             for stage in (s for s in DOWNSTREAM if getattr(sweep, s)):
                 cfg = tracked(stage_config(sweep, stage, overrides, self.cli,
-                                           [f"output_dir={trial_dir}", f"model.init_from={ckpt}"]), stage)
+                                           [f"output_dir={trial_dir}", f"model.init_from={ckpt}", *seed_override]), stage)
                 metrics = run(cfg, report=False)
                 values.update({f"{stage}/{k}": v for k, v in metrics.items()})
                 client.set_tag(child, f"{stage}_checkpoint",
@@ -517,90 +585,6 @@ def last_checkpoint(exp_dir: Path) -> Path:
     return found[-1]
 
 
-# --- results ---------------------------------------------------------------------------------------
-def results_table(study: optuna.Study, sweep: Sweep):
-    """One row per trial: number, state, the swept parameters and every kept metric."""
-    import pandas as pd
-
-    columns = [o.metric for o in sweep.objectives] + [m for m in sweep.record if m not in {o.metric for o in sweep.objectives}]
-    rows = []
-    for t in sorted(study.trials, key=lambda t: t.number):
-        metrics = t.user_attrs.get("metrics", {})
-        row = {"trial": t.number, "state": t.state.name, **{p.name: t.params.get(p.name) for p in sweep.params}}
-        row.update({c: metrics.get(c) for c in columns})
-        if t.user_attrs.get("retry_of") is not None:
-            row["note"] = f"retry of trial {t.user_attrs['retry_of']}"
-        elif t.user_attrs.get("error"):
-            row["note"] = str(t.user_attrs["error"])[:60]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def markdown_table(df) -> str:
-    def fmt(v: Any) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-    head = "| " + " | ".join(df.columns) + " |"
-    rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
-
-
-def plot_results(df, sweep: Sweep, path: Path) -> Path:
-    """Each objective (and recorded metric) against the swept parameter, completed trials only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = df[df["state"] == "COMPLETE"]
-    metrics = [o.metric for o in sweep.objectives] + [m for m in sweep.record if m not in {o.metric for o in sweep.objectives}]
-    param = sweep.params[0]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        if len(sweep.params) == 1 and param.grid:  # categorical x in the sweep's order
-            order = [v for v in param.grid if v in set(done[param.name])]
-            ys = [done[done[param.name] == v][metric].mean() for v in order]
-            ax.plot(range(len(order)), ys, "o-")
-            ax.set_xticks(range(len(order)), [str(v) for v in order])
-            ax.set_xlabel(param.name)
-        else:
-            ax.plot(done["trial"], done[metric], "o")
-            ax.set_xlabel("trial")
-        ax.set_title(metric, fontsize=9)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"sweep {sweep.name}: {sweep.description}"[:110], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def summarise(study: optuna.Study, sweep: Sweep, out: Path, parent_run_id: str, seconds: float) -> str:
-    df = results_table(study, sweep)
-    md = markdown_table(df)
-    (out / "results.md").write_text(f"# sweep {sweep.name}\n\n{sweep.description}\n\n{md}\n")
-    df.to_csv(out / "results.csv", index=False)
-    plot_results(df, sweep, out / "ablation.png")
-    states = df["state"].value_counts().to_dict()
-    best = [{"trial": t.number, "values": t.values, "params": t.params} for t in study.best_trials] \
-        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) else []
-    summary = {"sweep": sweep.name, "study": study.study_name, "n_trials": len(df), "states": states,
-               "objectives": [dataclasses.asdict(o) for o in sweep.objectives], "best_trials": best,
-               "seconds_this_invocation": round(seconds, 1)}
-    (out / "study_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    client, _ = mlflow_client(sweep)
-    for name in ("results.md", "results.csv", "ablation.png", "study_summary.json"):
-        client.log_artifact(parent_run_id, str(out / name))
-    for i, row in enumerate(df.itertuples(index=False)):
-        client.set_tag(parent_run_id, f"trial_{row.trial}_state", row.state)
-    if all(s in ("COMPLETE", "PRUNED", "FAIL") for s in states) and counted_trials(study) >= sweep.n_trials():
-        client.set_terminated(parent_run_id, "FINISHED")
-    return md
-
-
 # --- the run ---------------------------------------------------------------------------------------
 def run_workers(sweep: Sweep, study: optuna.Study, runner: TrialRunner, argv: list[str]) -> None:
     """Run trials until the budget is spent. sweep.workers=K starts K worker processes that
@@ -629,6 +613,9 @@ def run_sweep(argv: list[str]) -> None:
     """Validate every stage config, open (or continue) the study, run the trials, summarise."""
     name, settings, cli = split_overrides(argv)
     sweep = load_sweep(name, settings)
+    if sweep.seeds and any(arg.startswith("seed=") for args in cli.values() for arg in args):
+        raise ConfigError(f"`seed=...`: sweep {sweep.name} runs seeds {sweep.seeds} (each trial sets its own); "
+                          "choose them with sweep.seeds=N or sweep.seeds=[...]")
     out = Path(sweep.settings.out or PROJECT_ROOT / "sweeps" / "out" / sweep.name)
     out.mkdir(parents=True, exist_ok=True)
     # every stage config must be valid before any trial starts
@@ -648,8 +635,9 @@ def run_sweep(argv: list[str]) -> None:
     start = time.time()
     run_workers(sweep, study, TrialRunner(sweep, cli, out, parent), argv)
     if sweep.settings.role == "main":
-        md = summarise(study, sweep, out, parent, time.time() - start)
-        print(f"\n{md}\n\nresults: {out}/results.md, results.csv, ablation.png; "
+        finished = counted_trials(study) >= sweep.n_trials()
+        md = summarise(study, sweep, out, mlflow_client(sweep)[0], parent, time.time() - start, finished)
+        print(f"\n{md}\n\nresults: {out}/results.md, intervals.csv, results.csv, ablation.png; "
               f"MLflow parent run {parent} (experiment {sweep.settings.mlflow_experiment})")
 
 

@@ -221,3 +221,26 @@ def test_load_sweeps_one_frame(store):
     assert df.attrs["studies"]["xattn-new"]["params"] == ["model.num_cross_attn"]
     assert df.run_id.is_unique
 
+
+
+def test_pareto_of_means_with_intervals():
+    from scipy import stats
+
+    from mammut_pl.sweep_stats import interval_table
+
+    rows = [{"state": "COMPLETE", "x": x, "seed": s, "r": r, "v": v}
+            for x, s, r, v in [(1, 0, 10.0, 40.0), (1, 1, 12.0, 42.0), (2, 0, 11.0, 45.0), (2, 1, 13.0, 47.0),
+                               (3, 0, 9.0, 30.0), (3, 1, 9.5, 31.0)]]
+    table = interval_table(pd.DataFrame(rows), ["x"], ["r", "v"], reference={"x": 1})
+    means = ablations.point_means(table, ["x"], ["r", "v"])
+    assert list(means["x"]) == [1, 2, 3] and list(means["r"]) == [11.0, 12.0, 9.25]
+    ci = stats.ttest_1samp([10.0, 12.0], 0).confidence_interval()
+    assert (means["r low"][0], means["r high"][0]) == pytest.approx((ci.low, ci.high))
+    fig = ablations.plot_pareto_intervals(table, ["x"], ["r", "v"], reference={"x": 1})
+    (ax,) = fig.axes
+    # point 2 dominates 1 and 3 on the means: the front is point 2 alone
+    texts = {t.get_text() for t in ax.texts}
+    assert texts == {"1 (reference)", "2", "3"}
+    assert ablations.figure_png(fig).startswith(PNG_MAGIC)
+    with pytest.raises(ValueError, match="share a name"):
+        interval_table(pd.DataFrame(rows).rename(columns={"x": "n"}), ["n"], ["r"])

@@ -2,9 +2,11 @@
 bad sweep files name the key; an interrupted trial is failed and retried with its own
 grid point, so a resumed study runs each grid point to completion exactly once."""
 
+import itertools
 import json
 from collections import Counter
 
+import numpy as np
 import optuna
 import pytest
 
@@ -15,16 +17,20 @@ from mammut_pl.config import ConfigError
 @pytest.mark.parametrize("name", sw.list_sweeps())
 def test_every_sweep_file_loads_and_every_stage_config_validates(name):
     sweep = sw.load_sweep(name)
-    assert sweep.sampler == "grid" and sweep.n_trials() == len(sweep.params[0].grid) >= 3
+    points = list(itertools.product(*(p.grid for p in sweep.params)))
+    assert sweep.sampler == "grid" and sweep.n_trials() == len(points) * max(1, len(sweep.seeds)) >= 3
+    assert len(sweep.seeds) >= 3 or name == "scaling"  # intervals by default (the scaling study: a fit instead)
+    if sweep.reference:  # a real grid point
+        assert tuple(sweep.reference[p.name] for p in sweep.params) in points
     cli = {s: [] for s in (*sw.STAGES, "all")}
-    for value in sweep.params[0].grid:
-        overrides = sweep.params[0].overrides(value)
+    for point in points:
+        overrides = {k: v for p, value in zip(sweep.params, point) for k, v in p.overrides(value).items()}
         pre = sw.stage_config(sweep, "pretrain", overrides, cli, [])
         downstream = [sw.stage_config(sweep, s, overrides, cli, []) for s in sw.DOWNSTREAM if getattr(sweep, s)]
         if downstream:
             assert pre.task == "pretrain" and {c.task for c in downstream} <= {"vqa", "detection"}
-        else:  # one-stage sweeps: the video ablations
-            assert pre.task == "video_qa"
+        else:  # one-stage sweeps: the video ablations, the scaling study (pretraining alone)
+            assert pre.task == ("pretrain" if name == "scaling" else "video_qa")
         for key, v in overrides.items():  # the trial's values reach the configs
             group, field = key.split(".", 1)
             got = getattr(getattr(pre, group), field)
@@ -159,8 +165,8 @@ def test_results_table_and_markdown(tmp_path):
     assert list(df["pretrain/test/i2t_R@1"]) == [10.0, 20.0] and list(df["state"]) == ["COMPLETE"] * 2
     md = sw.markdown_table(df)
     assert md.splitlines()[2] == "| 0 | COMPLETE | 1 | 10.00 |"
-    png = sw.plot_results(df, sweep, tmp_path / "p.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (png,) = sw.plot_results(df, sweep, tmp_path)
+    assert png.name == "ablation.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.dumps(sw.load_sweep("xattn").settings.__dict__)  # settings are plain values
 
 
@@ -194,3 +200,95 @@ def test_sigterm_to_the_process_group_stops_the_sweep_and_the_rerun_retries_the_
     sw.run_workers(sweep, study, runner, [])
     done = [t.params["model.num_cross_attn"] for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert sorted(done) == [1, 2, 3, 4] and calls[2] == calls[1]  # the interrupted point first, each once
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("seeds: 0\n", "`seeds`"),
+    ("seeds: [1, 1]\n", "distinct"),
+    ("seeds: [a]\n", "`seeds`"),
+    ("seeds: 2\nsampler: tpe\nsweep: {n_trials: 2}\n", "sampler: grid"),
+    ("reference: {model.num_cross_attn: 7}\n", "reference.model.num_cross_attn"),
+    ("reference: {other: 1}\n", "`reference`"),
+])
+def test_bad_seeds_and_reference_name_the_key(tmp_path, extra, match):
+    with pytest.raises(ConfigError, match=match):
+        sw.load_sweep(_write(tmp_path, BASE + extra))
+
+
+def test_seeds_from_the_file_or_the_command_line():
+    assert sw.load_sweep("xattn", ["seeds=2"]).seeds == [0, 1]
+    assert sw.load_sweep("xattn", ["seeds=[3,7]"]).seeds == [3, 7]
+    sweep = sw.load_sweep("xattn", ["seeds=2"])
+    assert sweep.n_trials() == 4 * 2 and sw.search_space(sweep) == {"model.num_cross_attn": [1, 2, 3, 4], "seed": [0, 1]}
+
+
+class SeededRunner:
+    """Stands in for a trial: records the (point, seed) pairs it ran."""
+
+    def __init__(self, runner: sw.TrialRunner):
+        self.runner, self.pairs = runner, []
+
+    def __call__(self, trial):
+        point = self.runner.suggest(trial)["model.num_cross_attn"]
+        override = self.runner.suggest_seed(trial)
+        assert override == [f"seed={trial.params['seed']}"]  # what every stage's config gets
+        self.pairs.append((point, trial.params["seed"]))
+        return float(point)
+
+
+def test_seeds_run_every_point_once_per_seed_and_a_resume_keeps_finished_pairs(tmp_path):
+    sweep = sw.load_sweep(_write(tmp_path, BASE + "seeds: [0, 5]\n"), [f"out={tmp_path}"])
+    study = sw.open_study(sweep, tmp_path)
+    runner = SeededRunner(sw.TrialRunner(sweep, {}, tmp_path, ""))
+    study.optimize(runner, n_trials=2)
+    finished = list(runner.pairs)
+    killed = study.ask()  # a sweep killed in its third trial: left RUNNING
+    killed_pair = (killed.suggest_categorical("model.num_cross_attn", [1, 2]), killed.suggest_categorical("seed", [0, 5]))
+    assert killed_pair not in finished
+
+    study = sw.open_study(sweep, tmp_path)
+    assert sw.retry_interrupted(study) == [killed.number]
+    sw.run_workers(sweep, study, runner, [])
+    reruns = runner.pairs[len(finished):]
+    assert reruns[0] == killed_pair  # the interrupted pair first
+    assert not set(reruns) & set(finished) and len(set(reruns)) == len(reruns) == 2  # no finished pair again
+    done = sorted((t.params["model.num_cross_attn"], t.params["seed"]) for t in study.get_trials()
+                  if t.state.name == "COMPLETE")
+    assert done == [(1, 0), (1, 5), (2, 0), (2, 5)]  # every (point, seed) once
+    assert all(t.user_attrs["seed"] == t.params["seed"] for t in study.get_trials() if t.state.name == "COMPLETE")
+
+
+def test_a_stage_seed_next_to_sweep_seeds_is_refused(tmp_path, capsys):
+    sweep_file = _write(tmp_path, BASE + "seeds: 2\n")
+    assert sw.main([f"sweep={sweep_file}", f"sweep.out={tmp_path}/out", "seed=1"]) == 2
+    assert "sweep.seeds" in capsys.readouterr().err and not (tmp_path / "out" / "study.db").exists()
+
+
+def test_ablation_png_is_a_grid_with_the_objectives_first_and_the_reference_marked(tmp_path):
+    from PIL import Image
+
+    sweep = sw.load_sweep("xattn", ["seeds=2"])  # 2 objectives + 6 recorded metrics
+    study = optuna.create_study(directions=sweep.directions)
+    dists = {"model.num_cross_attn": optuna.distributions.CategoricalDistribution([1, 2, 3, 4]),
+             "seed": optuna.distributions.CategoricalDistribution([0, 1])}
+    for m in (1, 2, 3, 4):
+        for seed in (0, 1):
+            metrics = {k: 10.0 * m + seed for k in sw.result_metrics(sweep)}
+            study.add_trial(optuna.trial.create_trial(params={"model.num_cross_attn": m, "seed": seed},
+                                                      distributions=dists, values=[1.0, 1.0],
+                                                      user_attrs={"metrics": metrics}))
+    df = sw.results_table(study, sweep)
+    ablation, pareto = sw.plot_results(df, sweep, tmp_path)
+    width, height = Image.open(ablation).size
+    assert width / height < 2.5  # 8 panels in rows of 3, not 3520 x 352
+    assert pareto.name == "pareto.png" and pareto.read_bytes()[:4] == b"\x89PNG"
+    from mammut_pl import ablations
+
+    fig = ablations.plot_ablation(df, "model.num_cross_attn", [ablations.Objective(o.metric) for o in sweep.objectives],
+                                  reference=2)
+    first = fig.axes[0]
+    assert first.get_title().startswith("pretrain/test/i2t_R@1")  # the objectives first
+    assert any("reference 2" in t.get_text() for t in first.get_legend().get_texts())
+    # error bars: mean 10m + 0.5 over seeds {10m, 10m + 1}, t interval half-width 12.706 * 0.5
+    bars = [c for c in first.collections if hasattr(c, "get_segments")][-1].get_segments()
+    assert [tuple(np.round(s[:, 1], 3)) for s in bars][0] == pytest.approx((10.5 - 6.353, 10.5 + 6.353), abs=1e-3)
