@@ -70,6 +70,7 @@ def task_with_weights(cfg: Config, ckpt: dict[str, Any], path: str | Path):
     from mammut_pl.fit import build_task, build_tokenizer_for
 
     cfg.model.init_from = ""  # the weights come from this checkpoint
+    cfg.model.encoder_weights = ""
     cfg.model.compile = False
     tokenizer = build_tokenizer_for(cfg)
     module = build_task(cfg, tokenizer)

@@ -20,6 +20,7 @@ from mammut_pl import config as config_lib
 from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.tokenizer import Tokenizer, build_tokenizer
 from mammut_pl.resume import AtomicCheckpointIO, ResumeState, check_resume_checkpoint, remove_stale_temporaries
+from mammut_pl.scale import resolve_strategy
 from mammut_pl.tasks import TASKS
 from mammut_pl.tasks.base import NonFiniteLossError
 from mammut_pl.tracking import check_tracking_server, log_run_start, make_logger
@@ -169,8 +170,12 @@ def run(cfg: Config, extra_callbacks: list[Callback] | None = None, report: bool
     task = build_task(cfg, tokenizer)
     logger = make_logger(cfg, run_dir, run_dir.name)
     has_val = bool(getattr(datamodule, "val", True)) if cfg.data.name == "webdata" else True
+    trainer_kwargs = config_lib.trainer_kwargs(cfg)
+    if "strategy" in trainer_kwargs:  # "fsdp": one FSDP unit per ViT block and decoder layer
+        trainer_kwargs["strategy"] = resolve_strategy(trainer_kwargs["strategy"], task.model,
+                                                      cfg.model.grad_checkpointing)
     trainer = L.Trainer(
-        **config_lib.trainer_kwargs(cfg), default_root_dir=str(run_dir), logger=logger if logger else False,
+        **trainer_kwargs, default_root_dir=str(run_dir), logger=logger if logger else False,
         callbacks=callbacks(cfg, run_dir, has_val) + [ResumeState()] + list(extra_callbacks or []),
         limit_val_batches=None if has_val else 0,
         plugins=[AtomicCheckpointIO()],  # atomic saves, weights-only loads
