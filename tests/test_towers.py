@@ -104,10 +104,13 @@ def test_wrong_architecture_names_the_file_and_the_keys(open_clip_b32):
     assert str(path) in msg and "model.encoder='test_vit'" in msg
     assert "shape mismatches" in msg and "vit_base_patch32_clip_224" in msg
 
-    wrong_depth = MaMMUT(MaMMUTConfig(encoder="vit_base_patch32_clip_224", image_size=224,
-                                      encoder_kwargs={"depth": 13}, **TEXT))
-    with pytest.raises(ValueError, match=r"missing keys \[blocks\.12\."):
-        load_encoder_weights(wrong_depth, path)
+
+
+def test_timm_checkpoint_of_another_depth_lists_missing_and_unexpected_keys(tmp_path):
+    torch.save(timm.create_model("test_vit", num_classes=0, img_size=32, depth=5).state_dict(), tmp_path / "d5.pth")
+    deeper = MaMMUT(MaMMUTConfig.from_name("test", encoder_kwargs={"depth": 7}))
+    with pytest.raises(ValueError, match=r"d5.pth.*missing keys \[blocks\.5\..*unexpected keys none"):
+        load_encoder_weights(deeper, tmp_path / "d5.pth")
 
 
 def test_missing_or_unreadable_file_is_a_clear_error(tmp_path):
