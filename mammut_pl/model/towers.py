@@ -66,6 +66,9 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> dict[str, list[s
         raise ValueError(f"model.encoder_weights={path}: timm cannot convert it for "
                          f"model.encoder={model.config.encoder!r}: {err}") from None
     head = {k: state.pop(k) for k in [k for k in state if k.startswith("head.")]}
+    for prefix in ("visual.head.proj.", "module.visual.head.proj."):  # open_clip with a timm trunk:
+        if prefix + "weight" in raw and prefix + "bias" not in raw:  # a bias-free Linear, (D, C)
+            head["head.weight"] = raw[prefix + "weight"]
     own = vit.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
