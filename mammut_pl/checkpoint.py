@@ -17,6 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mammut_pl import config as config_lib
 from mammut_pl.config import Config, ConfigError
+from mammut_pl.data.builders import build_tokenizer_for
+from mammut_pl.tasks import build_task
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -67,8 +69,6 @@ def load_task(path: str | Path, overrides: list[str] | None = None, task: str | 
 
 def task_with_weights(cfg: Config, ckpt: dict[str, Any], path: str | Path):
     """(LightningModule for `cfg` holding the checkpoint's model weights, tokenizer), in eval mode."""
-    from mammut_pl.fit import build_task, build_tokenizer_for
-
     cfg.model.init_from = ""  # the weights come from this checkpoint
     cfg.model.encoder_weights = ""
     cfg.model.compile = False

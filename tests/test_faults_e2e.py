@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 import torch
 
-from mammut_pl import fit
+from mammut_pl import fit, runtime
 from mammut_pl.resume import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_unusable_resume_checkpoints_stop_before_training(tmp_path, world, capsy
     code, err = run_fit(capsys, world, tmp_path / "out", "trainer.max_steps=2", f"ckpt_path={evil}")
     assert code == 2 and f"{evil}: refused: it holds pickled Python objects" in err
     # Lightning's own resume load refuses it too (skip our early check): weights_only in our CheckpointIO
-    monkeypatch.setattr(fit, "check_resume_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(runtime, "check_resume_checkpoint", lambda *a, **k: None)
     code, err = run_fit(capsys, world, tmp_path / "out", "trainer.max_steps=2", f"ckpt_path={evil}")
     assert code == 2 and f"{evil}: refused" in err
     assert not marker.exists()

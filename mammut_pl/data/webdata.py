@@ -256,6 +256,11 @@ class WebDataModule(L.LightningDataModule):
         self._position: dict[str, Any] = {"epoch": -1, "last": -1, "pos": {}}  # of consumed batches
         self._resume: dict[str, Any] | None = None
 
+    @property
+    def has_eval_data(self) -> bool:
+        """Without data.val_root there is no validation / test loop."""
+        return self.val is not None
+
     def train_dataloader(self) -> DataLoader:
         transform = image_transform(self.image_size, True, self.augment, self.crop_scale_min)
         world = _rank_world()[1]
