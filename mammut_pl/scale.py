@@ -1,10 +1,10 @@
 """Big models on GPUs: activation checkpointing and FSDP with a real wrap policy.
 
-`model.grad_checkpointing=true` recomputes each ViT block (timm's own switch) and each
-decoder layer in the backward pass instead of storing their activations. The decoder
-side wraps each layer's `forward` from outside, so it works for whatever the layers
-are (their classes and signatures are the decoder's business); parameter names and
-checkpoints stay as they are.
+`model.grad_checkpointing=true` recomputes each ViT block (timm's own switch) and the
+attention and MLP parts of each decoder layer in the backward pass instead of storing
+their activations. The decoder side wraps those parts' `forward` from outside, so it
+works for whatever the parts are (their classes and signatures are the decoder's
+business); parameter names and checkpoints stay as they are.
 
 `trainer.strategy=fsdp` builds Lightning's `FSDPStrategy` sharding one unit per ViT
 block and per decoder layer (instead of one flat unit, what the bare string gives), and,
@@ -51,10 +51,14 @@ def checkpoint_forward(module: nn.Module) -> None:
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
-    """model.grad_checkpointing=true outside FSDP: ViT blocks via timm, decoder layers wrapped."""
+    """model.grad_checkpointing=true outside FSDP: ViT blocks via timm; in each decoder layer,
+    each composite part (attention, MLP: a child with children of its own). The parts, not the
+    layer's forward: training's packed passes run a layer's parts without calling the layer."""
     model.visual.vit.set_grad_checkpointing(True)
     for layer in decoder_layers(model):
-        checkpoint_forward(layer)
+        for part in layer.children():
+            if next(part.children(), None) is not None:  # norms and other leaves are cheap to keep
+                checkpoint_forward(part)
 
 
 def block_classes(model: nn.Module) -> set[type[nn.Module]]:

@@ -113,10 +113,12 @@ def test_grad_checkpointing_gives_identical_losses_and_gradients():
     ckpt.load_state_dict(plain.state_dict())
     enable_grad_checkpointing(ckpt)
     assert ckpt.state_dict().keys() == plain.state_dict().keys()  # checkpoints stay interchangeable
-    # sub-module calls (pre-hooks: a recompute stops early once the saved tensors are back)
+    # calls of a Linear inside a checkpointed part: a recompute runs it again in backward
+    # (pre-hooks: a recompute stops early once the saved tensors are back)
     calls = {"vit": 0, "text": 0}
-    ckpt.visual.vit.blocks[2].mlp.register_forward_pre_hook(lambda *a: calls.__setitem__("vit", calls["vit"] + 1))
-    decoder_layers(ckpt)[1].mlp.register_forward_pre_hook(lambda *a: calls.__setitem__("text", calls["text"] + 1))
+    first_linear = lambda m: next(x for x in m.modules() if isinstance(x, torch.nn.Linear))  # noqa: E731
+    first_linear(ckpt.visual.vit.blocks[2]).register_forward_pre_hook(lambda *a: calls.__setitem__("vit", calls["vit"] + 1))
+    first_linear(decoder_layers(ckpt)[1]).register_forward_pre_hook(lambda *a: calls.__setitem__("text", calls["text"] + 1))
     b = batch()
     loss_a, grads_a = _loss_and_grads(plain, b)
     loss_b, grads_b = _loss_and_grads(ckpt, b)
@@ -138,12 +140,12 @@ def test_task_switch_and_fsdp_policy_over_vit_blocks_and_decoder_layers():
     from mammut_pl.model.decoder import DecoderLayer
 
     t = task("model.grad_checkpointing=true")
-    assert t.model.visual.vit.grad_checkpointing and all(getattr(m, "_checkpointed", False)
+    assert t.model.visual.vit.grad_checkpointing and all(getattr(m.self_attn, "_checkpointed", False)
                                                          for m in decoder_layers(t.model))
     # under FSDP the strategy checkpoints the same units; the task does not wrap them twice
     t = task("model.grad_checkpointing=true", "trainer.strategy=fsdp")
     assert not t.model.visual.vit.grad_checkpointing
-    assert not any(getattr(m, "_checkpointed", False) for m in decoder_layers(t.model))
+    assert not any(getattr(m, "_checkpointed", False) for layer in decoder_layers(t.model) for m in layer.modules())
     strategy = resolve_strategy("fsdp", t.model, grad_checkpointing=True)
     assert isinstance(strategy, FSDPStrategy) and strategy.kwargs["use_orig_params"]
     wrap = strategy.kwargs["auto_wrap_policy"]
