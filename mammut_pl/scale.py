@@ -7,8 +7,8 @@ works for whatever the parts are (their classes and signatures are the decoder's
 business); parameter names and checkpoints stay as they are.
 
 `trainer.strategy=fsdp` builds Lightning's `FSDPStrategy` sharding one unit per ViT
-block and per decoder layer (instead of one flat unit, what the bare string gives), and,
-with `model.grad_checkpointing=true`, lets FSDP checkpoint those same units.
+block and per decoder attention / MLP (instead of one flat unit, what the bare string
+gives), and, with `model.grad_checkpointing=true`, lets FSDP checkpoint those same units.
 """
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return [m for child in model.text.children() if isinstance(child, nn.ModuleList) for m in child]
 
 
+def decoder_parts(model: nn.Module) -> list[nn.Module]:
+    """The composite parts of each decoder layer (attention, MLP: children with children of
+    their own). Training's packed passes call these parts, not the layer's forward, so they are
+    the units that checkpointing and FSDP must see called."""
+    return [part for layer in decoder_layers(model) for part in layer.children()
+            if next(part.children(), None) is not None]
+
+
 def checkpoint_forward(module: nn.Module) -> None:
     """Recompute `module` in backward: its forward runs under torch.utils.checkpoint when
     training with gradients on (generation and evaluation run it plainly)."""
@@ -55,19 +63,19 @@ def enable_grad_checkpointing(model: nn.Module) -> None:
     each composite part (attention, MLP: a child with children of its own). The parts, not the
     layer's forward: training's packed passes run a layer's parts without calling the layer."""
     model.visual.vit.set_grad_checkpointing(True)
-    for layer in decoder_layers(model):
-        for part in layer.children():
-            if next(part.children(), None) is not None:  # norms and other leaves are cheap to keep
-                checkpoint_forward(part)
+    for part in decoder_parts(model):  # norms and other leaves are cheap to keep
+        checkpoint_forward(part)
 
 
 def block_classes(model: nn.Module) -> set[type[nn.Module]]:
-    """The classes FSDP wraps (and checkpoints): the ViT block class(es) and the decoder layer class(es)."""
-    return {type(m) for m in tower_blocks(model) + decoder_layers(model)}
+    """The classes FSDP wraps (and checkpoints): the ViT block class(es) and the decoder layers'
+    part classes. Not the decoder layer class: an FSDP unit gathers its parameters when its own
+    forward runs, and the packed passes never call a layer's forward."""
+    return {type(m) for m in tower_blocks(model) + decoder_parts(model)}
 
 
 def fsdp_strategy(model: nn.Module, grad_checkpointing: bool, **kwargs: Any):
-    """Lightning's FSDPStrategy with one FSDP unit per ViT block and decoder layer."""
+    """Lightning's FSDPStrategy with one FSDP unit per ViT block and decoder attention / MLP."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     classes = block_classes(model)

@@ -133,11 +133,11 @@ def test_grad_checkpointing_gives_identical_losses_and_gradients():
     assert calls["vit"] == 3
 
 
-def test_task_switch_and_fsdp_policy_over_vit_blocks_and_decoder_layers():
+def test_task_switch_and_fsdp_policy_over_vit_blocks_and_decoder_parts():
     from lightning.pytorch.strategies import FSDPStrategy
     from timm.models.vision_transformer import Block
 
-    from mammut_pl.model.decoder import DecoderLayer
+    from mammut_pl.model.decoder import MLP, CrossAttention, SelfAttention
 
     t = task("model.grad_checkpointing=true")
     assert t.model.visual.vit.grad_checkpointing and all(getattr(m.self_attn, "_checkpointed", False)
@@ -149,12 +149,15 @@ def test_task_switch_and_fsdp_policy_over_vit_blocks_and_decoder_layers():
     strategy = resolve_strategy("fsdp", t.model, grad_checkpointing=True)
     assert isinstance(strategy, FSDPStrategy) and strategy.kwargs["use_orig_params"]
     wrap = strategy.kwargs["auto_wrap_policy"]
-    assert wrap._module_classes == {Block, DecoderLayer}
+    # the decoder's parts, not its layers: training's packed passes call the parts directly
+    assert wrap._module_classes == {Block, SelfAttention, CrossAttention, MLP}
     units = set(wrap._run_policy(t.model, ignored_modules=set(), root_kwargs={}))
-    expected = set(t.model.visual.vit.blocks) | set(decoder_layers(t.model))
-    assert units - {t.model} == expected and len(expected) == 6 + 4
+    layers = decoder_layers(t.model)
+    expected = set(t.model.visual.vit.blocks) | {m for layer in layers for m in (layer.self_attn, layer.mlp)}
+    expected |= {layer.cross_attn for layer in layers if layer.has_cross_attn}
+    assert units - {t.model} == expected and len(expected) == 6 + 4 * 2 + 2
     act = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
-    assert act._module_classes == {Block, DecoderLayer}
+    assert act._module_classes == {Block, SelfAttention, CrossAttention, MLP}
     plain = resolve_strategy("fsdp", t.model, grad_checkpointing=False)
     assert plain._activation_checkpointing_kwargs == {}
     assert resolve_strategy("ddp", t.model, True) == "ddp"
