@@ -13,7 +13,7 @@ STRESS_RUNS ?= 3
 STRESS_HOGS ?= 2
 CKPT ?= $(lastword $(sort $(wildcard outputs/demo/*/checkpoints/last.ckpt)))
 
-.PHONY: help setup data demo evaluate test test-fast test-stress mlflow-ui mlflow-server bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task sweep-video sweep-cpe sweep-scaling
+.PHONY: help setup data demo lit evaluate test test-fast test-stress mlflow-ui mlflow-server bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task sweep-video sweep-cpe sweep-scaling
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ data: setup ## write the embedded demo data (all six datasets' real formats) to 
 
 demo: data ## set up, then pretrain a small MaMMUT on CPU (a few minutes), print retrieval, zero-shot top-1 + captions
 	@$(PY) -m mammut_pl.fit experiment=demo data.root=$(DEMO_DIR)/webdata data.val_root=$(DEMO_DIR)/coco data.tokenizer=$(DEMO_DIR)/tokenizer.json $(ARGS)
+
+lit: data ## LiT: train the text side against the locked image tower of CKPT (default: the latest `make demo` run)
+	@$(PY) -m mammut_pl.fit experiment=lit model.init_from=$(CKPT) data.root=$(DEMO_DIR)/webdata data.val_root=$(DEMO_DIR)/coco data.tokenizer=$(DEMO_DIR)/tokenizer.json $(ARGS)
 
 evaluate: setup ## zero-shot retrieval R@1/5/10 of CKPT (default: the latest `make demo` run) on its COCO test split
 	@$(PY) -m mammut_pl.evaluate task=retrieval ckpt=$(CKPT) $(ARGS)

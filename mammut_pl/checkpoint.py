@@ -92,6 +92,7 @@ def task_from_folder(cfg: Config):
 def task_with_weights(cfg: Config, ckpt: dict[str, Any], path: str | Path):
     """(LightningModule for `cfg` holding the checkpoint's model weights, tokenizer), in eval mode."""
     cfg.model.init_from = ""  # the weights come from this checkpoint
+    cfg.model.encoder_weights = ""
     cfg.model.compile = False
     tokenizer = build_tokenizer_for(cfg)
     module = build_task(cfg, tokenizer)

@@ -32,6 +32,21 @@ class ConfigError(ValueError):
 class ModelSettings(MaMMUTConfig):
     init_from: str = ""  # a checkpoint (.ckpt of this suite, or a state_dict .pt) to start from
     compile: bool = False  # torch.compile the model
+    # a pretrained image tower (timm ViT state_dict, or an open_clip/OpenAI CLIP checkpoint: its
+    # visual.* incl. proj); model.encoder must be the matching timm ViT, e.g. vit_base_patch32_clip_224
+    encoder_weights: str = ""
+    freeze_encoder: bool = False  # LiT: lock the image tower (no gradients, not optimised, eval mode)
+    freeze_encoder_unlocked_blocks: int = 0  # with freeze_encoder: the last K blocks (+ final norm) still train
+    grad_checkpointing: bool = False  # recompute ViT blocks and decoder layers in backward (less memory)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.freeze_encoder_unlocked_blocks < 0:
+            raise ValueError(f"model.freeze_encoder_unlocked_blocks={self.freeze_encoder_unlocked_blocks}: "
+                             "must be >= 0")
+        if self.freeze_encoder_unlocked_blocks and not self.freeze_encoder:
+            raise ValueError(f"model.freeze_encoder_unlocked_blocks={self.freeze_encoder_unlocked_blocks}: "
+                             "only means something with model.freeze_encoder=true")
 
     def architecture(self) -> MaMMUTConfig:
         """The MaMMUTConfig part, without the suite-only fields."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -24,6 +25,7 @@ from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.distributed import shutdown_process_group
 from mammut_pl.resume import (AtomicCheckpointIO, DiskFullError, ResumeState, check_resume_checkpoint,
                               remove_stale_temporaries)
+from mammut_pl.scale import resolve_strategy
 from mammut_pl.tasks import build_task, task_spec
 from mammut_pl.tasks.base import NonFiniteLossError
 from mammut_pl.tracking import check_tracking_server, log_run_start, make_logger
@@ -90,8 +92,10 @@ def build_callbacks(cfg: Config, run_dir: Path, has_val: bool) -> list[Callback]
 
 
 def build_trainer(cfg: Config, run_dir: Path, logger, has_val: bool,
-                  extra_callbacks: list[Callback] | None = None) -> L.Trainer:
+                  extra_callbacks: list[Callback] | None = None, model: torch.nn.Module | None = None) -> L.Trainer:
     kwargs = config_lib.trainer_kwargs(cfg)
+    if model is not None and "strategy" in kwargs:  # "fsdp": one FSDP unit per ViT block and decoder part
+        kwargs["strategy"] = resolve_strategy(kwargs["strategy"], model, cfg.model.grad_checkpointing)
     if not has_val:  # no validation data: validation is off, whatever trainer.limit_val_batches says
         kwargs["limit_val_batches"] = 0
     validates = has_val and kwargs.get("limit_val_batches") != 0  # trainer.limit_val_batches=0: no best.ckpt
@@ -118,7 +122,7 @@ def run(cfg: Config, extra_callbacks: list[Callback] | None = None, report: bool
     task = build_task(cfg, tokenizer)
     logger = make_logger(cfg, run_dir, run_dir.name)
     has_val = has_eval_data(datamodule)
-    trainer = build_trainer(cfg, run_dir, logger, has_val, extra_callbacks)
+    trainer = build_trainer(cfg, run_dir, logger, has_val, extra_callbacks, model=task.model)
     if trainer.is_global_zero:  # under DDP the other ranks write nothing (checkpoints: rank 0's dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         log_run_start(logger, cfg, run_dir, resumed=resume_from is not None)

@@ -14,6 +14,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -119,7 +120,10 @@ class ImageEncoder(nn.Module):
             x = patch_tokens
         x = vit.pos_drop(x)
         x = vit.norm_pre(x)
-        x = vit.blocks(x)
+        if vit.grad_checkpointing and self.training and torch.is_grad_enabled():  # model.grad_checkpointing
+            x = checkpoint_seq(vit.blocks, x, use_reentrant=False)  # activations recomputed block by block in backward
+        else:
+            x = vit.blocks(x)
         return vit.norm(x)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -137,6 +141,32 @@ class ImageEncoder(nn.Module):
         else:
             pooled = tokens[:, self.vit.num_prefix_tokens :].mean(dim=1)
         return self.vit.fc_norm(pooled) if self.config.final_ln_after_pool else pooled
+
+    # --- LiT: a locked image tower -------------------------------------------------------
+    def lock(self, unlocked_blocks: int = 0) -> None:
+        """Lock the tower (LiT, Zhai et al. 2022): no gradients, and eval mode (no dropout /
+        drop-path) for good, as `train()` keeps it; the last `unlocked_blocks` blocks and the
+        final norm stay trainable."""
+        blocks = self.vit.blocks
+        if not 0 <= unlocked_blocks <= len(blocks):
+            raise ValueError(f"model.freeze_encoder_unlocked_blocks={unlocked_blocks}: the encoder has "
+                             f"{len(blocks)} blocks")
+        self.requires_grad_(False)
+        self.unlocked = list(blocks[len(blocks) - unlocked_blocks:])
+        if unlocked_blocks:
+            self.unlocked.append(self.vit.norm)
+        for module in self.unlocked:
+            module.requires_grad_(True)
+        self.locked = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ImageEncoder:
+        super().train(mode)
+        if getattr(self, "locked", False) and mode:  # Lightning toggles train()/eval() around validation
+            super().train(False)
+            for module in self.unlocked:
+                module.train(True)
+        return self
 
 
 def sample_crop_boxes(batch_size: int, scale: tuple[float, float], ratio: tuple[float, float],

@@ -16,6 +16,8 @@ from torch import Tensor
 from mammut_pl.config import Config, from_dict
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.model import MaMMUT
+from mammut_pl.model.towers import load_encoder_weights
+from mammut_pl.scale import FSDP_NAMES, enable_grad_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class MaMMUTTask(L.LightningModule):
         self.model = self.build_model()
         if self.cfg.model.init_from:
             self.init_from(self.cfg.model.init_from)
+        self.setup_towers()
         if self.cfg.model.compile:
             self.model.compile()  # in place: state_dict keys (and checkpoints) stay the same
 
@@ -78,6 +81,17 @@ class MaMMUTTask(L.LightningModule):
                  path, len(usable), len(skipped), len(missing))
         if not usable:
             raise ValueError(f"model.init_from={path}: no tensor matches this model's architecture")
+
+    def setup_towers(self) -> None:
+        """Pretrained image tower (after init_from: it wins), LiT locking, activation checkpointing."""
+        m = self.cfg.model
+        if m.encoder_weights:
+            load_encoder_weights(self.model, m.encoder_weights)
+        if m.freeze_encoder:
+            self.model.visual.lock(m.freeze_encoder_unlocked_blocks)
+        # under FSDP its activation_checkpointing_policy wraps the same blocks (mammut_pl.scale)
+        if m.grad_checkpointing and self.cfg.trainer.get("strategy") not in FSDP_NAMES:
+            enable_grad_checkpointing(self.model)
 
     # --- non-finite guard ----------------------------------------------------------
     def check_finite(self, loss: Tensor) -> Tensor | None:

@@ -1,0 +1,93 @@
+"""Big models on GPUs: activation checkpointing and FSDP with a real wrap policy.
+
+`model.grad_checkpointing=true` recomputes each ViT block (timm's own switch) and the
+attention and MLP parts of each decoder layer in the backward pass instead of storing
+their activations. The decoder side wraps those parts' `forward` from outside, so it
+works for whatever the parts are (their classes and signatures are the decoder's
+business); parameter names and checkpoints stay as they are.
+
+`trainer.strategy=fsdp` builds Lightning's `FSDPStrategy` sharding one unit per ViT
+block and per decoder attention / MLP (instead of one flat unit, what the bare string
+gives), and, with `model.grad_checkpointing=true`, lets FSDP checkpoint those same units.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+FSDP_NAMES = ("fsdp",)
+
+
+def tower_blocks(model: nn.Module) -> list[nn.Module]:
+    """The image tower's transformer blocks (timm ViT `blocks`)."""
+    return list(model.visual.vit.blocks)
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The text decoder's layers: every element of a ModuleList directly under `model.text`."""
+    return [m for child in model.text.children() if isinstance(child, nn.ModuleList) for m in child]
+
+
+def decoder_parts(model: nn.Module) -> list[nn.Module]:
+    """The composite parts of each decoder layer (attention, MLP: children with children of
+    their own). Training's packed passes call these parts, not the layer's forward, so they are
+    the units that checkpointing and FSDP must see called."""
+    return [part for layer in decoder_layers(model) for part in layer.children()
+            if next(part.children(), None) is not None]
+
+
+def checkpoint_forward(module: nn.Module) -> None:
+    """Recompute `module` in backward: its forward runs under torch.utils.checkpoint when
+    training with gradients on (generation and evaluation run it plainly)."""
+    if getattr(module, "_checkpointed", False):
+        return
+    inner = module.forward
+
+    @functools.wraps(inner)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if module.training and torch.is_grad_enabled():
+            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        return inner(*args, **kwargs)
+
+    module.forward = forward  # an instance attribute: nn.Module.__call__ finds it first
+    module._checkpointed = True
+
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """model.grad_checkpointing=true outside FSDP: ViT blocks via timm; in each decoder layer,
+    each composite part (attention, MLP: a child with children of its own). The parts, not the
+    layer's forward: training's packed passes run a layer's parts without calling the layer."""
+    model.visual.vit.set_grad_checkpointing(True)
+    for part in decoder_parts(model):  # norms and other leaves are cheap to keep
+        checkpoint_forward(part)
+
+
+def block_classes(model: nn.Module) -> set[type[nn.Module]]:
+    """The classes FSDP wraps (and checkpoints): the ViT block class(es) and the decoder layers'
+    part classes. Not the decoder layer class: an FSDP unit gathers its parameters when its own
+    forward runs, and the packed passes never call a layer's forward."""
+    return {type(m) for m in tower_blocks(model) + decoder_parts(model)}
+
+
+def fsdp_strategy(model: nn.Module, grad_checkpointing: bool, **kwargs: Any):
+    """Lightning's FSDPStrategy with one FSDP unit per ViT block and decoder attention / MLP."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    classes = block_classes(model)
+    return FSDPStrategy(
+        auto_wrap_policy=classes,
+        activation_checkpointing_policy=classes if grad_checkpointing else None,
+        **kwargs,  # Lightning keeps use_orig_params=True: per-parameter groups and frozen towers work
+    )
+
+
+def resolve_strategy(strategy: Any, model: nn.Module, grad_checkpointing: bool) -> Any:
+    """`trainer.strategy` as the Trainer gets it: "fsdp" becomes a wrapped FSDPStrategy."""
+    if isinstance(strategy, str) and strategy in FSDP_NAMES:
+        return fsdp_strategy(model, grad_checkpointing)
+    return strategy
