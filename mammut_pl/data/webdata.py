@@ -35,7 +35,7 @@ from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from mammut_pl.data.tokenizer import Tokenizer
-from mammut_pl.data.transforms import image_transform
+from mammut_pl.data.transforms import FastCrop
 from mammut_pl.resume import derive_seed, lightning_epoch, seeded
 
 log = logging.getLogger(__name__)
@@ -126,11 +126,11 @@ def decode_sample(sample: dict[str, Any], transform) -> tuple[Any, str]:
     caption = sample["txt"].decode("utf-8").strip()
     if not caption:
         raise ValueError("empty caption")
-    with Image.open(io.BytesIO(sample[key])) as img:
+    with Image.open(io.BytesIO(sample[key])) as img:  # reads the header only
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"image of {img.width}x{img.height} pixels is larger than {MAX_PIXELS}")
-        img.load()
-        return transform(img.convert("RGB")), caption
+        # the transform decodes (FastCrop: at a reduced DCT scale where it can) and converts the mode
+        return transform(img), caption
 
 
 class WebPairStream(IterableDataset):
@@ -257,7 +257,8 @@ class WebDataModule(L.LightningDataModule):
         self._resume: dict[str, Any] | None = None
 
     def train_dataloader(self) -> DataLoader:
-        transform = image_transform(self.image_size, True, self.augment, self.crop_scale_min)
+        # uint8 (B, 3, H, W) batches: the task normalises them on the device (normalize_batch)
+        transform = FastCrop(self.image_size, train=self.augment, scale=(self.crop_scale_min, 1.0))
         world = _rank_world()[1]
         if world > 1 and not self.resampled:
             if len(self.urls) < world:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from mammut_pl.config import Config, from_dict
 from mammut_pl.data.tokenizer import Tokenizer
+from mammut_pl.data.transforms import normalize_batch
 from mammut_pl.model import MaMMUT
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ class MaMMUTTask(L.LightningModule):
                  path, len(usable), len(skipped), len(missing))
         if not usable:
             raise ValueError(f"model.init_from={path}: no tensor matches this model's architecture")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 images (the web shards' FastCrop path) become CLIP-normalised floats here, on the
+        device, a whole batch at a time; float batches (every other reader) pass unchanged."""
+        return normalize_batch(batch)
 
     # --- non-finite guard ----------------------------------------------------------
     def check_finite(self, loss: Tensor) -> Tensor | None:
