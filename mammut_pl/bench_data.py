@@ -81,7 +81,7 @@ def photo_variants(n: int, seed: int = 0) -> Iterable[Image.Image]:
 def write_img2dataset_shards(folder: Path, n_images: int, size: int, mode: str, per_shard: int = 0,
                              captions: list[str] | None = None) -> list[str]:
     """Shards 00000.tar ... in img2dataset's layout (key = shard id + index, 9 digits): .jpg (q95),
-    .txt (the caption), .json (its metadata). Returns the shard paths."""
+    .txt (the caption), .json (its metadata), and 00000_stats.json. Returns the shard paths."""
     from mammut_pl.bench import CAPTIONS
 
     captions = captions or CAPTIONS
@@ -95,6 +95,9 @@ def write_img2dataset_shards(folder: Path, n_images: int, size: int, mode: str, 
                 tar.close()
             urls.append(str(folder / f"{len(urls):05d}.tar"))
             tar = tarfile.open(urls[-1], "w")
+            count = min(per_shard, n_images - i)
+            (folder / f"{len(urls) - 1:05d}_stats.json").write_text(json.dumps(
+                {"count": count, "successes": count, "failed_to_download": 0, "failed_to_resize": 0}))
         key = f"{len(urls) - 1:05d}{i % per_shard:04d}"
         out = img2dataset_resize(img, size, mode)
         buf = io.BytesIO()
