@@ -61,7 +61,7 @@ class FastCrop:
         if self.train:
             top, left, h, w = T.RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
             return left, top, left + w, top + h
-        w, h = img.size  # Resize(size) + CenterCrop(size) = the centre square of the short side
+        w, h = img.size  # Resize(size) + CenterCrop(size) ~ the centre square (up to a sub-pixel offset)
         side = min(w, h)
         left, top = int(round((w - side) / 2.0)), int(round((h - side) / 2.0))
         return left, top, left + side, top + side
