@@ -19,6 +19,8 @@ and MSRVTT clip decoding (320x240 H.264/MPEG-4, 8 frames a clip).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import json
 import tarfile
@@ -38,15 +40,23 @@ OUTPUT_SIZE = 224
 CROP_SCALE = (0.8, 1.0)  # the suite's data.crop_scale_min, given to open_clip's transform too
 
 
-def photos() -> list[Image.Image]:
-    """The real photographs that ship in the venv: sklearn's china.jpg and flower.jpg (640x427),
-    matplotlib's grace_hopper.jpg (512x600)."""
-    from matplotlib import cbook
-    from sklearn.datasets import load_sample_images
+PHOTO_FILES = (("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
+               ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"))
 
-    out = [Image.fromarray(a) for a in load_sample_images().images]
-    out.append(Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB"))
-    return out
+
+@functools.lru_cache(maxsize=1)
+def photos() -> tuple[Image.Image, ...]:
+    """The real photographs that ship in the venv: scikit-learn's china.jpg and flower.jpg (640x427),
+    matplotlib's grace_hopper.jpg (512x600), read from the packages' folders (importing either
+    package takes seconds)."""
+    out = []
+    for package, rel in PHOTO_FILES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"bench data: package {package} (for its sample photo {rel}) is not installed")
+        with Image.open(Path(spec.submodule_search_locations[0]) / rel) as img:
+            out.append(img.convert("RGB"))
+    return tuple(out)
 
 
 def img2dataset_resize(img: Image.Image, size: int, mode: str) -> Image.Image:
@@ -141,16 +151,22 @@ def open_clip_pass(urls: list[str], n_images: int, batch: int) -> Callable[[], i
     return one_pass
 
 
+@functools.lru_cache(maxsize=1)
+def _clip_tokenizer():
+    from mammut_pl.data.tokenizer import ClipTokenizer
+
+    return ClipTokenizer()
+
+
 def suite_pass(urls: list[str], batch: int, fast: str = "") -> Callable[[], int]:
     """mammut_pl's WebPairStream: FastCrop with resize `fast` ("torch" or "pil": uint8 batches,
     normalised later on the device), or with fast="" the float torchvision chain (image_transform)."""
-    from mammut_pl.data.tokenizer import ClipTokenizer
     from mammut_pl.data.transforms import FastCrop, image_transform
     from mammut_pl.data.webdata import PairBatcher, WebPairStream
 
     transform = (FastCrop(OUTPUT_SIZE, scale=CROP_SCALE, resize=fast) if fast
                  else image_transform(OUTPUT_SIZE, True, True, CROP_SCALE[0]))
-    batcher = PairBatcher(ClipTokenizer(), 76)
+    batcher = PairBatcher(_clip_tokenizer(), 76)
 
     def one_pass() -> int:
         n = 0
@@ -194,7 +210,8 @@ def reader_rates(tmp: Path, n_images: int, n_clips: int, rounds: int) -> dict[st
         records.append(CaptionedImage(i, str(path), [CAPTIONS[i % len(CAPTIONS)]], "train"))
         questions.append(VQAQuestion(i, i, str(path), "What is in the picture?", ["x"] * 10, "other", "what", "x"))
     video = tmp / "video0.mp4"
-    frames = [np.asarray(img.resize((320, 240), Image.Resampling.BILINEAR)) for img in photo_variants(30, seed=2)]
+    frames = [np.asarray(img.resize((320, 240), Image.Resampling.BILINEAR))
+              for img in photo_variants(min(30, 4 * n_clips + 4), seed=2)]
     write_video_sized(video, frames)
     train_clips = _Clips(ClipTransform(OUTPUT_SIZE, train=True), 8, 0.0, random=True)
     eval_clips = eval_clip_reader(OUTPUT_SIZE, 8, 0.0)
@@ -210,7 +227,7 @@ def reader_rates(tmp: Path, n_images: int, n_clips: int, rounds: int) -> dict[st
 
     rows = interleaved_rates({"coco_train": over(train_pairs), "coco_eval": over(eval_images),
                               "vqav2_train": over(vqa), "msrvtt_train_clip": clips(train_clips),
-                              "msrvtt_eval_clip": clips(eval_clips)}, 1, rounds)
+                              "msrvtt_eval_clip": clips(eval_clips)}, int(rounds > 1), rounds)
     return rows
 
 
@@ -228,3 +245,66 @@ def write_video_sized(path: Path, frames: list[np.ndarray], fps: int = 30) -> No
             frame.pts = t
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+
+
+def section_data(plan: Any, device: torch.device) -> dict[str, Any]:
+    """Images/s per core of each pipeline on both shard settings, and the other readers."""
+    import tempfile
+
+    from mammut_pl.data.transforms import normalize_images
+
+    n, rounds = plan.data_images, plan.data_rounds
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    out: dict[str, Any] = {"output_size": OUTPUT_SIZE, "crop_scale": list(CROP_SCALE), "workers": 1, "torch_threads": 1,
+                           "images_per_pass": n, "rounds": rounds, "shards": {}}
+    try:
+        with tempfile.TemporaryDirectory(prefix="mammut_bench_data_") as tmp:
+            for name, (size, mode) in SHARD_SETTINGS.items():
+                urls = write_img2dataset_shards(Path(tmp) / name, n, size, mode, per_shard=max(1, n // 2))
+                rows = interleaved_rates({"open_clip": open_clip_pass(urls, n, plan.data_batch),
+                                          "fast": suite_pass(urls, plan.data_batch, "torch"),
+                                          "fast_pil": suite_pass(urls, plan.data_batch, "pil"),
+                                          "float": suite_pass(urls, plan.data_batch)}, int(rounds > 1), rounds)
+                oc = rows["open_clip"]
+                out["shards"][name] = {
+                    "image_size": size, "resize_mode": mode, "rows": rows,
+                    "ratios": {f"{k}/open_clip": r["images_per_s"] / oc["images_per_s"] for k, r in rows.items() if k != "open_clip"}
+                    | {f"cpu {k}/open_clip": r["images_per_cpu_s"] / oc["images_per_cpu_s"] for k, r in rows.items() if k != "open_clip"}}
+            # what the device does for the fast path, timed on this core for scale
+            batch = torch.randint(0, 256, (plan.data_batch, 3, OUTPUT_SIZE, OUTPUT_SIZE), dtype=torch.uint8)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                normalize_images(batch)
+            out["normalize_on_cpu_images_per_s"] = 3 * plan.data_batch / (time.perf_counter() - t0)
+            out["readers"] = reader_rates(Path(tmp) / "readers", max(2, n // 4), max(1, n // 16), rounds)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def markdown_rows(da: dict[str, Any]) -> list[str]:
+    """The data section's lines of bench.markdown's table."""
+    from mammut_pl.bench import _fmt_ratio
+
+    lines = []
+    names = {"fast": "mammut_pl fast (FastCrop, uint8)", "fast_pil": "mammut_pl fast, PIL resize",
+             "float": "mammut_pl float (torchvision chain)"}
+    for name, sh in da.get("shards", {}).items():
+        oc = sh["rows"]["open_clip"]
+        head = (f"data, {sh['image_size']} px shards ({sh['resize_mode']}) -> {da['output_size']} px, per core: "
+                f"open_clip get_wds_dataset {oc['images_per_s']:.0f} img/s")
+        for key, label in names.items():
+            r = sh["rows"][key]
+            target = {"laion_256": 1.2, "datacomp_512": 2.0}.get(name) if key == "fast" else None
+            lines.append(f"| {head}; {label} {r['images_per_s']:.0f} img/s: ratio | "
+                         f"{_fmt_ratio(sh['ratios'][key + '/open_clip'], target, at_least=True)} | "
+                         f"{_fmt_ratio(sh['ratios']['cpu ' + key + '/open_clip'])} |")
+    rd = da.get("readers", {})
+    if rd:
+        clips = {k: v for k, v in rd.items() if k.startswith("msrvtt")}
+        imgs = {k: v for k, v in rd.items() if not k.startswith("msrvtt")}
+        lines.append("| data readers per core, 640x480 JPEG -> 224 px: " + ", ".join(
+            f"{k} {v['images_per_s']:.0f} img/s" for k, v in imgs.items()) + "; MSRVTT 320x240 clips, 8 frames: "
+            + ", ".join(f"{k} {v['images_per_s']:.1f} clips/s" for k, v in clips.items()) + " | | |")
+    return lines
