@@ -48,11 +48,13 @@ class _PairwiseContrastiveLoss(nn.Module):
     def pair_losses(self, logits: Tensor, positive: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def forward(self, image_embed: Tensor, text_embed: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+    def forward(self, image_embed: Tensor, text_embed: Tensor, logit_scale: Tensor, logit_bias: Tensor | None) -> Tensor:
         rank, world = _world()
         b = image_embed.shape[0]
         all_text = gather_with_grad(text_embed)  # (B, D), B = W * b
-        logits = logit_scale * image_embed @ all_text.t() + logit_bias  # (b, B): local rows, global columns
+        logits = logit_scale * image_embed @ all_text.t()  # (b, B): local rows, global columns
+        if logit_bias is not None:  # None: a model without a bias (model.logit_bias=false, openMaMMUT)
+            logits = logits + logit_bias
         positive = torch.zeros_like(logits, dtype=torch.bool)
         positive[torch.arange(b), rank * b + torch.arange(b)] = True
         # the global loss sums over all B x B pairs and divides by B; this rank holds b rows.

@@ -5,7 +5,7 @@ Reproduce one of the paper's ablations as an Optuna study (sweeps/NAME.yaml).
 Each trial = pretraining (the sweep's `pretrain` experiment, with the trial's
 parameters) then the downstream evaluations the ablation needs: zero-shot
 retrieval of the pretrained model, and VQA and/or LVIS detection fine-tuned from
-its checkpoint — as in the paper's tables. Every trial calls the same `fit.run`
+its checkpoint — as in the paper's tables. Every trial calls the same `runtime.run`
 the CLI calls.
 
 Overrides: `sweep.KEY=V` sets the sweep itself (sweep.workers=2, sweep.n_trials=8,
@@ -429,7 +429,7 @@ class TrialRunner:
         return chosen
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        from mammut_pl.fit import run
+        from mammut_pl.runtime import run
 
         sweep = self.sweep
         chosen = self.suggest(trial)
@@ -625,6 +625,34 @@ def run_workers(sweep: Sweep, study: optuna.Study, runner: TrialRunner, argv: li
 USAGE = __doc__ + "\nsweeps: {sweeps}\n"
 
 
+def run_sweep(argv: list[str]) -> None:
+    """Validate every stage config, open (or continue) the study, run the trials, summarise."""
+    name, settings, cli = split_overrides(argv)
+    sweep = load_sweep(name, settings)
+    out = Path(sweep.settings.out or PROJECT_ROOT / "sweeps" / "out" / sweep.name)
+    out.mkdir(parents=True, exist_ok=True)
+    # every stage config must be valid before any trial starts
+    for p in sweep.params:
+        for value in p.grid[:1] or [p.low]:
+            single_process(stage_config(sweep, "pretrain", p.overrides(value), cli, []))
+            for stage in (s for s in DOWNSTREAM if getattr(sweep, s)):
+                single_process(stage_config(sweep, stage, p.overrides(value), cli, []))
+    study = open_study(sweep, out)
+    parent = parent_run(study, sweep)
+    if sweep.settings.role == "main":
+        retried = retry_interrupted(study)
+        close_stale_child_runs(study, sweep)
+        before = counted_trials(study)
+        print(f"sweep {sweep.name}: study {study.study_name!r}, {before} of {sweep.n_trials()} trials done"
+              f"{f', retrying interrupted trial(s) {retried}' if retried else ''}; output in {out}")
+    start = time.time()
+    run_workers(sweep, study, TrialRunner(sweep, cli, out, parent), argv)
+    if sweep.settings.role == "main":
+        md = summarise(study, sweep, out, parent, time.time() - start)
+        print(f"\n{md}\n\nresults: {out}/results.md, results.csv, ablation.png; "
+              f"MLflow parent run {parent} (experiment {sweep.settings.mlflow_experiment})")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -636,39 +664,14 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message="MLFlow only allows")  # R@1 -> R1 in MLflow (see README)
     signal.signal(signal.SIGTERM, _note_sigterm)  # Lightning chains to it while a stage trains
+    from mammut_pl.runtime import cli_main
+
     try:
-        name, settings, cli = split_overrides(argv)
-        sweep = load_sweep(name, settings)
-        out = Path(sweep.settings.out or PROJECT_ROOT / "sweeps" / "out" / sweep.name)
-        out.mkdir(parents=True, exist_ok=True)
-        # every stage config must be valid before any trial starts
-        for p in sweep.params:
-            for value in p.grid[:1] or [p.low]:
-                single_process(stage_config(sweep, "pretrain", p.overrides(value), cli, []))
-                for stage in (s for s in DOWNSTREAM if getattr(sweep, s)):
-                    single_process(stage_config(sweep, stage, p.overrides(value), cli, []))
-        study = open_study(sweep, out)
-        parent = parent_run(study, sweep)
-        if sweep.settings.role == "main":
-            retried = retry_interrupted(study)
-            close_stale_child_runs(study, sweep)
-            before = counted_trials(study)
-            print(f"sweep {sweep.name}: study {study.study_name!r}, {before} of {sweep.n_trials()} trials done"
-                  f"{f', retrying interrupted trial(s) {retried}' if retried else ''}; output in {out}")
-        start = time.time()
-        run_workers(sweep, study, TrialRunner(sweep, cli, out, parent), argv)
-        if sweep.settings.role == "main":
-            md = summarise(study, sweep, out, parent, time.time() - start)
-            print(f"\n{md}\n\nresults: {out}/results.md, results.csv, ablation.png; "
-                  f"MLflow parent run {parent} (experiment {sweep.settings.mlflow_experiment})")
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli_main(lambda: run_sweep(argv))
     except SweepTerminated as stop:
         print("sweep stopped by SIGTERM: run the same command again to continue the study "
               "(the interrupted trial is retried)", file=sys.stderr)
         return int(stop.code)
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from mammut_pl import config as config_lib
 from mammut_pl import evaluate
 from mammut_pl.checkpoint import load_task
 from mammut_pl.data.transforms import image_transform, load_image
-from mammut_pl.fit import build_datamodule, build_tokenizer_for
+from mammut_pl.runtime import build_datamodule, build_tokenizer_for
 from mammut_pl.metrics.captioning import caption_scores
 from mammut_pl.tasks import TASKS, CaptioningTask
 

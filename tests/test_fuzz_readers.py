@@ -19,7 +19,7 @@ from fuzz import (PALETTE, assert_clear_error, bad_image_bytes, corrupt_file, im
 from mammut_pl.data.coco import CaptionPairs, open_image, read_karpathy
 from mammut_pl.data.transforms import MEAN, STD, ImageError, image_transform
 from mammut_pl.data.webdata import WebPairStream
-from mammut_pl.fit import error_message
+from mammut_pl.runtime import error_message
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])
@@ -232,7 +232,7 @@ def test_undecodable_images_name_the_image_and_record(coco, tmp_path_factory, ba
 
 def test_missing_and_corrupt_images_through_a_worker_are_one_line(coco, tmp_path):
     """In a DataLoader worker the error comes back wrapped in the worker's traceback; the CLIs
-    print only the original line (fit.error_message)."""
+    print only the original line (runtime.error_message)."""
     shutil.copytree(coco, tmp_path / "coco")
     images = read_karpathy(tmp_path / "coco")
     train = [im for im in images if im.split == "train"][:2]

@@ -2,8 +2,7 @@
 (gloo) run equal to one process on the concatenated batch."""
 
 import math
-import os
-import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,17 +86,16 @@ def test_unknown_loss_named():
 
 
 # --- data parallel: 2 gloo ranks == 1 process on the concatenated batch -----------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_main(rank, world, kind, out):
+    from ddp_group import gloo_group
+
+    with gloo_group(rank, world, Path(out).parent):
+        _two_rank_loss(rank, world, kind, out)
 
 
-def _rank_main(rank, world, port, kind, out):
+def _two_rank_loss(rank, world, kind, out):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     proj = torch.nn.Linear(8, 8)  # a shared "model": gradients are what DDP averages
     scale = torch.nn.Parameter(torch.tensor(5.0))
@@ -116,7 +114,6 @@ def _rank_main(rank, world, port, kind, out):
     dist.all_reduce(value)
     if rank == 0:
         torch.save({"loss": value / world, "grads": grads}, out)
-    dist.destroy_process_group()
 
 
 @pytest.mark.ddp
@@ -125,7 +122,7 @@ def test_two_ranks_equal_one_process(kind, tmp_path):
     import torch.multiprocessing as mp
 
     out = tmp_path / "ddp.pt"
-    mp.spawn(_rank_main, args=(2, _free_port(), kind, str(out)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, kind, str(out)), nprocs=2, join=True)
     got = torch.load(out)
     # one process, whole batch
     torch.manual_seed(0)
@@ -142,13 +139,18 @@ def test_two_ranks_equal_one_process(kind, tmp_path):
         torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
 
 
-def _token_mean_rank_main(rank, world, port, out):
+def _token_mean_rank_main(rank, world, out):
     """Rank r holds a different number of answer/caption tokens (3 vs 7): the DDP-averaged
     gradient of global_batch_mean must be the gradient of the mean over all 10 tokens."""
+    from ddp_group import gloo_group
+
+    with gloo_group(rank, world, Path(out).parent):
+        _token_mean(rank, world, out)
+
+
+def _token_mean(rank, world, out):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     head = torch.nn.Linear(4, 5)
     x, y = torch.randn(10, 4), torch.randint(0, 5, (10,))
@@ -160,7 +162,6 @@ def _token_mean_rank_main(rank, world, port, out):
         g /= world
     if rank == 0:
         torch.save([head.weight.grad, head.bias.grad], out)
-    dist.destroy_process_group()
 
 
 @pytest.mark.ddp
@@ -168,7 +169,7 @@ def test_token_mean_over_uneven_ranks_equals_the_global_mean(tmp_path):
     import torch.multiprocessing as mp
 
     out = tmp_path / "ddp.pt"
-    mp.spawn(_token_mean_rank_main, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_token_mean_rank_main, args=(2, str(out)), nprocs=2, join=True)
     got = torch.load(out)
     torch.manual_seed(0)
     head = torch.nn.Linear(4, 5)

@@ -58,7 +58,7 @@ def test_msrvtt_qa_trains_and_logs(world, tmp_path):
 def test_msrvtt_caption_per_frame_baseline_in_process(world, tmp_path):
     """Captioning + 1k-A retrieval with the per-frame baseline (in process: no MLflow, one step)."""
     from mammut_pl import config as C
-    from mammut_pl.fit import run
+    from mammut_pl.runtime import run
 
     cfg = C.load("msrvtt_caption", [
         f"data.root={world}/msrvtt", f"data.tokenizer={world}/tokenizer.json", f"output_dir={tmp_path}",

@@ -101,7 +101,7 @@ def test_long_question_is_cut_from_the_front_and_keeps_room_for_the_answer(token
 
 
 def _task(world, *overrides):
-    from mammut_pl.fit import build_datamodule, build_task, build_tokenizer_for
+    from mammut_pl.runtime import build_datamodule, build_task, build_tokenizer_for
 
     cfg = config_lib.load("vqa", [f"data.root={world}/vqav2", f"data.tokenizer={world}/tokenizer.json",
                                   "data.num_workers=0", "model.encoder=test_vit", "model.encoder_kwargs={}",

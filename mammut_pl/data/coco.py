@@ -26,6 +26,9 @@ from mammut_pl.data.transforms import ImageError, image_transform, load_image
 
 log = logging.getLogger(__name__)
 
+# evaluate's data=NAME -> the Karpathy split file in its root
+KARPATHY_FILES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
+
 
 @dataclass
 class CaptionedImage:

@@ -291,8 +291,13 @@ class LVISDataModule(ResumableTrainData, L.LightningDataModule):
 
     @property
     def categories(self) -> list[dict[str, Any]]:
-        """Every category (sorted by id): the evaluation vocabulary."""
+        """Every category (sorted by id) of val_file: the validation vocabulary."""
         return self.split(self.val_file).categories
+
+    def categories_of(self, filename: str) -> list[dict[str, Any]]:
+        """The vocabulary an annotation file is scored with: its own categories (a v0.5 test file
+        has other ids than a v1 val file)."""
+        return self.split(filename).categories
 
     @property
     def train_categories(self) -> list[dict[str, Any]]:

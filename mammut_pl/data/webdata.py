@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from mammut_pl.data.images import ImageError
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import FastCrop
 from mammut_pl.resume import derive_seed, lightning_epoch, seeded
@@ -173,11 +174,18 @@ def decode_sample(sample: dict[str, Any], transform) -> tuple[Any, str]:
     caption = sample["txt"].decode("utf-8").strip()
     if not caption:
         raise ValueError("empty caption")
-    with Image.open(io.BytesIO(sample[key])) as img:  # reads the header only
-        if img.width * img.height > MAX_PIXELS:
-            raise ValueError(f"image of {img.width}x{img.height} pixels is larger than {MAX_PIXELS}")
-        # the transform decodes (FastCrop: at a reduced DCT scale where it can) and converts the mode
-        return transform(img), caption
+    name = f".{key}"
+    try:
+        with Image.open(io.BytesIO(sample[key])) as img:  # reads the header only
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(f"image {name} of {img.width}x{img.height} pixels is larger than {MAX_PIXELS}")
+            # the transform decodes (FastCrop: at a reduced DCT scale where it can) and converts the mode
+            # (images.to_rgb); no EXIF rotation: open_clip's convention for shards (see data/images.py)
+            return transform(img), caption
+    except ImageError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+        raise ImageError(f"cannot decode image {name}: {err}") from None
 
 
 class WebPairStream(IterableDataset):
@@ -347,6 +355,11 @@ class WebDataModule(L.LightningDataModule):
         self.sizes = None if resampled else read_shard_sizes(self.urls)  # the loader's length
         self._position: dict[str, Any] = {"epoch": -1, "last": -1, "pos": {}}  # of consumed batches
         self._resume: dict[str, Any] | None = None
+
+    @property
+    def has_eval_data(self) -> bool:
+        """Without data.val_root there is no validation / test loop."""
+        return self.val is not None
 
     def train_dataloader(self) -> DataLoader:
         # uint8 (B, 3, H, W) batches: the task normalises them on the device (normalize_batch)

@@ -26,6 +26,9 @@ import torchmetrics
 from torch import Tensor
 from torchmetrics.utilities import dim_zero_cat
 
+# the names retrieval_recall returns (logged as val/..., test/...)
+RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean_R")
+
 
 def _hits_from_ranks(ranks: Tensor, ks: Sequence[int]) -> dict[int, int]:
     return {k: int((ranks < k).sum().item()) for k in ks}

@@ -31,6 +31,8 @@ class ImageEncoder(nn.Module):
                 num_classes=0,
                 img_size=config.image_size,
                 dynamic_img_size=True,  # patch_embed returns (B, gh, gw, C); we add positions ourselves
+                # final_ln_after_pool: timm's fc_norm (LayerNorm after pooling, none on the tokens)
+                **({"fc_norm": True} if config.final_ln_after_pool else {}),
                 **config.encoder_kwargs,
             )
         except RuntimeError as err:  # timm's "Unknown model" error
@@ -130,5 +132,9 @@ class ImageEncoder(nn.Module):
         if self.config.image_pool == "token":
             if self.vit.cls_token is None:
                 raise ValueError(f"model.image_pool='token' but model.encoder={self.config.encoder!r} has no class token")
-            return tokens[:, 0]
-        return tokens[:, self.vit.num_prefix_tokens :].mean(dim=1)
+            pooled = tokens[:, 0]
+        elif self.config.image_pool == "avg_all":  # open_clip's avg_all: class token included
+            pooled = tokens.mean(dim=1)
+        else:
+            pooled = tokens[:, self.vit.num_prefix_tokens :].mean(dim=1)
+        return self.vit.fc_norm(pooled) if self.config.final_ln_after_pool else pooled

@@ -1,12 +1,16 @@
-"""LightningModules, one per task; they share the model and differ in steps, losses, metrics."""
+"""LightningModules, one per task; they share the model and differ in steps, losses, metrics.
 
+Each task module registers a `TaskSpec` (and its `evaluate` protocols) in tasks/registry.py;
+the import order below is the order tasks are listed in."""
+
+from mammut_pl.tasks.pretrain import PretrainTask  # noqa: I001 - the registry order
 from mammut_pl.tasks.captioning import CaptioningTask
-from mammut_pl.tasks.detection import DetectionTask
-from mammut_pl.tasks.pretrain import PretrainTask
-from mammut_pl.tasks.video import VideoCaptioningTask, VideoQATask
 from mammut_pl.tasks.vqa import VQATask
+from mammut_pl.tasks.video import VideoCaptioningTask, VideoQATask
+from mammut_pl.tasks.detection import DetectionTask
+from mammut_pl.tasks.registry import EVAL_SPECS, TASK_SPECS, build_task, eval_spec, task_spec
 
-TASKS = {"pretrain": PretrainTask, "captioning": CaptioningTask, "vqa": VQATask,
-         "video_qa": VideoQATask, "video_captioning": VideoCaptioningTask, "detection": DetectionTask}
+TASKS = {name: spec.module for name, spec in TASK_SPECS.items()}
 
-__all__ = ["TASKS", "CaptioningTask", "DetectionTask", "PretrainTask", "VQATask", "VideoCaptioningTask", "VideoQATask"]
+__all__ = ["EVAL_SPECS", "TASKS", "TASK_SPECS", "CaptioningTask", "DetectionTask", "PretrainTask", "VQATask",
+           "VideoCaptioningTask", "VideoQATask", "build_task", "eval_spec", "task_spec"]

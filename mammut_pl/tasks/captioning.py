@@ -20,15 +20,19 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import Tensor
 
+from mammut_pl.config import Config
 from mammut_pl.losses import CaptionLoss, global_batch_mean
 from mammut_pl.metrics.captioning import CaptionMetrics
 from mammut_pl.tasks.base import MaMMUTTask, write_results_json
+from mammut_pl.tasks.registry import EvalSpec, TaskSpec, register_eval, register_task
+from mammut_pl.tasks.reporting import caption_lines, caption_scores_line, decoding, decoding_line
 
 log = logging.getLogger(__name__)
 
 # CaptionMetrics' names -> logged names (val/BLEU4, val/CIDEr, val/distinct_captions, ...)
 METRIC_NAMES = {"BLEU-1": "BLEU1", "BLEU-2": "BLEU2", "BLEU-3": "BLEU3", "BLEU-4": "BLEU4", "CIDEr": "CIDEr",
                 "distinct_fraction": "distinct_captions"}
+CAPTION_KEYS = tuple(METRIC_NAMES.values())  # ("BLEU1", ..., "CIDEr", "distinct_captions")
 
 
 class CaptioningTask(MaMMUTTask):
@@ -106,3 +110,29 @@ def write_results(results: list[dict[str, Any]], path: str | Path) -> Path:
     """The official COCO captioning results JSON: [{"image_id": int, "caption": str}], one per image."""
     rows = [{"image_id": int(r["image_id"]), "caption": str(r["caption"])} for r in results]
     return write_results_json(rows, path, "image_id")
+
+
+def report_lines(cfg: Config, task: CaptioningTask, datamodule: Any, metrics: dict[str, float]) -> list[str]:
+    """BLEU-4 / CIDEr, the collapse warning, example captions and the results JSON."""
+    if "test/CIDEr" not in metrics:
+        return []
+    results = getattr(task, "results", [])
+    lines = [caption_scores_line(cfg, metrics, "test", len(results))]
+    if metrics.get("test/distinct_captions", 1.0) < 0.5:
+        lines.append("  warning: most images get the same caption: the captioner ignores the image "
+                     "(train longer, or start from a pretraining checkpoint: model.init_from=...)")
+    lines.append(f"\ngenerated captions ({decoding(cfg)}) vs references:")
+    for r in results[: cfg.eval.num_examples]:
+        lines.append(f"  generated: {r['caption']!r}\n  reference: {r['references'][0]!r}")
+    if getattr(task, "results_path", None):
+        lines.append(f"results JSON: {task.results_path}")
+    return lines
+
+
+def captioning_table(report: dict[str, Any]) -> list[str]:
+    return [decoding_line(report["decoding"]), *caption_lines(report["metrics"])]
+
+
+register_task(TaskSpec("captioning", CaptioningTask, monitor=("val/CIDEr", "max"), experiment="coco_captioning",
+                       image_model=True, report=report_lines))
+register_eval(EvalSpec("captioning", task="captioning", metrics=CAPTION_KEYS, lines=captioning_table, decoding=True))

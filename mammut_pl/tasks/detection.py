@@ -19,9 +19,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from mammut_pl.config import Config
+from mammut_pl.metrics.lvis import KEYS as LVIS_KEYS
 from mammut_pl.metrics.lvis import lvis_eval
 from mammut_pl.model.detection import OpenVocabDetector, class_names, class_text_embeddings, federated_classes
 from mammut_pl.tasks.base import MaMMUTTask
+from mammut_pl.tasks.inference import detect_inputs
+from mammut_pl.tasks.registry import EvalSpec, PredictSpec, TaskSpec, register_eval, register_task
+from mammut_pl.tasks.reporting import limit
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +42,13 @@ class DetectionTask(MaMMUTTask):
         self._class_weights: Tensor | None = None  # federated loss: the draw's weights per base class
         self.results: list[dict[str, Any]] = []
         self.results_path: Path | None = None
+        self._eval_file = ""  # the annotation file of the running validation / test
 
     # --- class embeddings --------------------------------------------------------------------------
     def class_embeddings(self, which: str) -> Tensor:
         """(K, D) text embeddings of the "train" (base) or "eval" (all) categories."""
         dm = self.trainer.datamodule
-        cats = dm.train_categories if which == "train" else dm.categories
+        cats = dm.train_categories if which == "train" else dm.categories_of(self._eval_file or dm.val_file)
         if self.cfg.detection.train_text and self.training:
             return class_text_embeddings(self.model, self.tokenizer, class_names(cats), self.cfg.detection.prompts,
                                          self.cfg.model.context_length)
@@ -82,15 +88,18 @@ class DetectionTask(MaMMUTTask):
 
     # --- evaluation -------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self.results = []
-        self._text_cache.pop("eval", None)
+        self._start_eval(self.trainer.datamodule.val_file)
 
     def on_test_epoch_start(self) -> None:
-        self.results = []
+        self._start_eval(self.trainer.datamodule.test_file)
+
+    def _start_eval(self, filename: str) -> None:
+        self.results, self._eval_file = [], filename  # scored with that file's own categories
         self._text_cache.pop("eval", None)
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
-        cats = self.trainer.datamodule.categories
+        dm = self.trainer.datamodule
+        cats = dm.categories_of(self._eval_file or dm.val_file)
         out = self.detector(self.model, batch["images"], self.class_embeddings("eval"))
         size = batch["images"].shape[-2:]
         for b, image_id in enumerate(batch["image_ids"].tolist()):
@@ -124,7 +133,7 @@ class DetectionTask(MaMMUTTask):
         results = gather(self.results)
         scores = lvis_eval(self.trainer.datamodule.eval_gt(filename), results)
         # every rank holds every detection (gathered): the same scores everywhere
-        for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"):
+        for key in LVIS_KEYS:
             # -1 = no category has a value (e.g. no large boxes): logged as is, as LVIS prints it
             self.log(f"{stage}/{key}", float(scores[key]))
         images = len({r["image_id"] for r in results})
@@ -175,3 +184,46 @@ def write_detections(results: list[dict[str, Any]], path: str | Path) -> Path:
     tmp.write_text(json.dumps(sorted(results, key=lambda r: (r["image_id"], -r["score"]))))
     tmp.replace(path)
     return path
+
+
+# --- what the suite needs to know about detection ---------------------------------------------------
+def report_lines(cfg: Config, task: DetectionTask, datamodule: Any, metrics: dict[str, float]) -> list[str]:
+    """LVIS box AP (official protocol; -1 = no category with boxes of that kind)."""
+    if "test/AP" not in metrics:
+        return []
+    lines = ["LVIS box AP (test): " + "  ".join(f"{k} {100 * metrics[f'test/{k}']:.1f}"
+                                                 if metrics.get(f"test/{k}", -1) >= 0 else f"{k} -" for k in LVIS_KEYS),
+             "  APr: rare categories, held out of detection training (open vocabulary)"]
+    if getattr(task, "results_path", None):
+        lines.append(f"results JSON: {task.results_path}")
+    return lines
+
+
+def describe_data(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
+    gt = datamodule.eval_gt(datamodule.test_file)
+    return {"data": "lvis", "root": cfg.data.root, "split": split, "annotation_file": datamodule.test_file,
+            "images": len(gt["images"]), "annotations": len(gt["annotations"]),
+            "categories": len(datamodule.categories_of(datamodule.test_file)),
+            "subset": limit("detection.max_eval_images", cfg.detection.max_eval_images)}
+
+
+def set_test_split(cfg: Config, split: str) -> None:
+    if split == "val":
+        cfg.detection.test_file = cfg.detection.val_file
+
+
+def ap_table(report: dict[str, Any]) -> list[str]:
+    # x100 as papers report it; -1 = no category has boxes of that kind (LVIS prints -1 too)
+    m = report["metrics"]
+    return ["LVIS box AP (x100; - = no category with boxes of that kind):",
+            "".join(f"{k:>7}" for k in LVIS_KEYS),
+            "".join(f"{100 * m[k]:7.1f}" if m.get(k, -1) >= 0 else f"{'-':>7}" for k in LVIS_KEYS),
+            "APr: rare categories, held out of detection training (open vocabulary)",
+            f"detections per image: {m.get('detections_per_image', 0):.1f}"]
+
+
+register_task(TaskSpec("detection", DetectionTask, monitor=("val/AP", "max"), experiment="lvis", report=report_lines,
+                       predict=PredictSpec(question="refused", question_hint='give image=PATH [categories="name,..."]',
+                                           keys=("categories", "score_threshold"), run=detect_inputs)))
+register_eval(EvalSpec("detection", task="detection", own_data="lvis", metrics=(*LVIS_KEYS, "detections_per_image"),
+                       lines=ap_table, describe=describe_data, set_split=set_test_split))

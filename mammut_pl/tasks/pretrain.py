@@ -8,9 +8,12 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from mammut_pl.config import Config
 from mammut_pl.losses import CaptionLoss, build_contrastive_loss, global_batch_mean
-from mammut_pl.metrics.retrieval import RetrievalRecall
+from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
 from mammut_pl.tasks.base import MaMMUTTask
+from mammut_pl.tasks.registry import EvalSpec, TaskSpec, register_eval, register_task
+from mammut_pl.tasks.reporting import example_captions, recall_lines
 
 
 class PretrainTask(MaMMUTTask):
@@ -93,3 +96,33 @@ def _first_caption_rows(text_image_ids: Tensor) -> Tensor:
     change = text_image_ids.new_ones(text_image_ids.shape, dtype=bool)
     change[1:] = text_image_ids[1:] != text_image_ids[:-1]
     return change.nonzero().squeeze(1)
+
+
+def report_lines(cfg: Config, task: PretrainTask, datamodule: Any, metrics: dict[str, float]) -> list[str]:
+    """Zero-shot retrieval R@K (with chance level) and greedy example captions."""
+    lines = []
+    if "test/i2t_R@1" in metrics:
+        for direction, name in (("i2t", "image -> text"), ("t2i", "text -> image")):
+            r = [metrics.get(f"test/{direction}_R@{k}", float("nan")) for k in (1, 5, 10)]
+            lines.append(f"zero-shot retrieval {name}: R@1 {r[0]:5.1f}  R@5 {r[1]:5.1f}  R@10 {r[2]:5.1f}")
+        if hasattr(datamodule, "split"):
+            images = datamodule.split(datamodule.test_split) if hasattr(datamodule, "test_split") else None
+            if images:
+                chance = 100.0 / len(images)
+                lines.append(f"  ({len(images)} test images; chance R@1 for text -> image = {chance:.1f})")
+    if cfg.loss.caption_weight > 0:
+        lines.append("\ngenerated captions (greedy) vs references:")
+        for generated, refs in example_captions(task, datamodule, cfg.eval.num_examples, cfg.eval.max_new_tokens):
+            lines.append(f"  generated: {generated!r}\n  reference: {refs[0]!r}")
+    return lines
+
+
+def retrieval_table(report: dict[str, Any]) -> list[str]:
+    m = report["metrics"]
+    return [*recall_lines(m, (("i2t", "image -> text"), ("t2i", "text -> image"))),
+            f"{'mean of the six':16}{m['mean_R']:7.1f}"]
+
+
+register_task(TaskSpec("pretrain", PretrainTask, monitor=("val/mean_R", "max"), experiment="pretrain",
+                       image_model=True, report=report_lines))
+register_eval(EvalSpec("retrieval", task="pretrain", metrics=RECALL_KEYS, lines=retrieval_table))

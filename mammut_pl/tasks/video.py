@@ -24,12 +24,15 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import Tensor
 
+from mammut_pl.config import Config
 from mammut_pl.losses import build_contrastive_loss, global_batch_mean
-from mammut_pl.metrics.retrieval import RetrievalRecall
+from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
 from mammut_pl.metrics.video_qa import QUESTION_TYPES, VideoQAAccuracy, exact_match
 from mammut_pl.model.video import VideoMaMMUT
 from mammut_pl.tasks.base import load_weights, write_results_json
-from mammut_pl.tasks.captioning import CaptioningTask
+from mammut_pl.tasks.captioning import CAPTION_KEYS, CaptioningTask
+from mammut_pl.tasks.registry import EvalSpec, PredictSpec, TaskSpec, register_eval, register_task
+from mammut_pl.tasks.reporting import caption_lines, caption_scores_line, decoding_line, limit, recall_lines
 from mammut_pl.tasks.vqa import VQATask, gather_results
 
 log = logging.getLogger(__name__)
@@ -185,8 +188,6 @@ class VideoCaptioningTask(VideoModel, CaptioningTask):
             self.test_retrieval.reset()
 
     def report_lines(self, metrics: dict[str, float], datamodule: Any) -> list[str]:
-        from mammut_pl.report import caption_scores_line
-
         lines = []
         if "test/CIDEr" in metrics:
             lines.append(caption_scores_line(self.cfg, metrics, "test", len(self.results)).replace("images", "videos"))
@@ -196,3 +197,66 @@ class VideoCaptioningTask(VideoModel, CaptioningTask):
         for r in self.results[: self.cfg.eval.num_examples]:
             lines.append(f"  generated: {r['caption']!r}\n  reference: {r['references'][0]!r}")
         return lines
+
+
+# --- what the suite needs to know about the video tasks -------------------------------------------
+VIDEO_RECALL_KEYS = tuple(k.replace("i2t", "v2t").replace("t2i", "t2v") for k in RECALL_KEYS)
+
+
+def own_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, float]) -> list[str]:
+    return task.report_lines(metrics, datamodule)
+
+
+def describe_qa(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
+    questions = datamodule.eval_questions(datamodule.test_split)
+    return {"data": "msrvtt", "root": cfg.data.root, "split": datamodule.test_split,
+            "questions": len(questions), "videos": len({q.video_id for q in questions}),
+            "subset": limit("data.max_eval_questions", cfg.data.max_eval_questions)}
+
+
+def describe_captions(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
+    videos = datamodule.videos(datamodule.test_split)
+    return {"data": "msrvtt", "root": cfg.data.root, "split": datamodule.test_split, "videos": len(videos),
+            "captions": sum(len(v.captions) for v in videos),
+            "retrieval_sentences": sum(bool(v.retrieval_text) for v in videos),
+            "subset": limit("data.max_eval_questions", cfg.data.max_eval_questions)}
+
+
+def set_test_split(cfg: Config, split: str) -> None:
+    cfg.data.test_split = split  # {split}_qa.json, or the captions file's split
+
+
+def qa_table(report: dict[str, Any]) -> list[str]:
+    m = report["metrics"]
+    types = "  ".join(f"{t} {m[f'accuracy/{t}']:.1f}" for t in QUESTION_TYPES if f"accuracy/{t}" in m)
+    lines = [decoding_line(report["decoding"]), f"accuracy (top-1 exact match): {m['accuracy']:.2f}   [{types}]"]
+    if "majority_baseline" in m:
+        lines.append(f"majority-answer baseline ({report['majority_answer']!r} for every question): "
+                     f"{m['majority_baseline']:.2f}")
+    return lines
+
+
+def caption_table(report: dict[str, Any]) -> list[str]:
+    m = report["metrics"]
+    lines = [decoding_line(report["decoding"]), *caption_lines(m)]
+    if "t2v_R@1" in m:
+        lines += [f"retrieval on the {report['retrieval_sentences']} 1k-A sentences:",
+                  *recall_lines(m, (("t2v", "text -> video"), ("v2t", "video -> text")))]
+    return lines
+
+
+register_task(TaskSpec("video_qa", VideoQATask, monitor=("val/accuracy", "max"), experiment="msrvtt_qa",
+                       datamodule_options={"task": "qa"}, report=own_report,
+                       predict=PredictSpec(inputs="video", question="required",
+                                           question_hint="answers questions about videos")))
+register_task(TaskSpec("video_captioning", VideoCaptioningTask, monitor=("val/CIDEr", "max"),
+                       experiment="msrvtt_caption", datamodule_options={"task": "caption"}, report=own_report,
+                       predict=PredictSpec(inputs="video")))
+register_eval(EvalSpec("videoqa", task="video_qa", own_data="msrvtt_qa", lines=qa_table,
+                       metrics=("accuracy", *(f"accuracy/{t}" for t in QUESTION_TYPES), "majority_baseline",
+                                "skipped_videos"),
+                       describe=describe_qa, set_split=set_test_split, decoding=True,
+                       extra=lambda dm: {"majority_answer": dm.majority_answer()}, skipped="questions whose video"))
+register_eval(EvalSpec("video_caption", task="video_captioning", own_data="msrvtt_caption", lines=caption_table,
+                       metrics=(*CAPTION_KEYS, *VIDEO_RECALL_KEYS, "skipped_videos"),
+                       describe=describe_captions, set_split=set_test_split, decoding=True))

@@ -14,14 +14,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from mammut_pl.config import Config
 from mammut_pl.data.vqav2 import answer_targets
 from mammut_pl.losses import global_batch_mean
 from mammut_pl.metrics.vqa import VQAAccuracy, vqa_accuracy
 from mammut_pl.tasks.base import MaMMUTTask
+from mammut_pl.tasks.registry import PredictSpec, TaskSpec, register_task
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +145,30 @@ def write_results(results: list[dict[str, Any]], path: str | Path) -> Path:
     tmp.write_text(json.dumps(sorted(results, key=lambda r: r["question_id"])))
     tmp.replace(path)
     return path
+
+
+def report_lines(cfg: Config, task: VQATask, datamodule: Any, metrics: dict[str, float]) -> list[str]:
+    """VQA accuracy overall / per answer type next to the majority-answer baseline, and examples."""
+    if "test/vqa_accuracy" not in metrics:
+        return []
+    n = cfg.eval.num_examples
+    acc = metrics["test/vqa_accuracy"]
+    types = "  ".join(f"{t} {metrics[f'test/vqa_accuracy/{t}']:.1f}" for t in ("yes/no", "number", "other")
+                      if f"test/vqa_accuracy/{t}" in metrics)
+    lines = [f"VQA accuracy ({datamodule.test_split}): {acc:.2f}   [{types}]"]
+    if "test/majority_baseline" in metrics:
+        lines.append(f"  majority-answer baseline ({datamodule.majority_answer()!r} for every question): "
+                     f"{metrics['test/majority_baseline']:.2f}")
+    batch = next(iter(datamodule.test_dataloader()))
+    task.model.eval()
+    with torch.no_grad():
+        answers = task.answer(batch["images"][:n].to(task.device), batch["prompt_tokens"][:n].to(task.device))
+    lines.append("\nquestions, generated answers and the annotators' most common answer:")
+    for q, a, refs in zip(batch["questions"], answers, batch["answers"]):
+        common = max(set(refs), key=refs.count) if refs else "?"
+        lines.append(f"  {q!r:48} -> {a!r:12} (annotators: {common!r})")
+    return lines
+
+
+register_task(TaskSpec("vqa", VQATask, monitor=("val/vqa_accuracy", "max"), experiment="vqa", image_model=True,
+                       report=report_lines, predict=PredictSpec(write_split=write_results)))
