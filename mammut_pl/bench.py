@@ -17,8 +17,12 @@ Sections
               (the tokens must be identical).
  4. retrieval zero-shot retrieval evaluation at COCO 5k images x 25k captions from
               cached embeddings: time and peak extra memory.
- 5. data      webdataset shard reading + JPEG decoding + augmentation, images/s in
-              one process (= one DataLoader worker).
+ 5. data      images/s PER CORE turning img2dataset shards (256 px LAION, 512 px DataComp;
+              real photos, JPEG q95) into 224 px training batches: open_clip's
+              get_wds_dataset vs mammut_pl's FastCrop path, interleaved; the COCO / VQAv2
+              readers and MSRVTT clip decoding per core (mammut_pl/bench_data.py).
+ 6. eval      evaluation at the evaluation batch: zero-shot retrieval images/s,
+              captions/s greedy and beam search (KV cache).
  With a GPU also: bf16-mixed at batch 256, eager and torch.compile'd, with the
  achieved TFLOP/s and MFU (FLOPs counted by torch.utils.flop_counter).
 
@@ -61,7 +65,6 @@ import platform
 import socket
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -140,7 +143,12 @@ class Plan:
     retrieval_images: int = 5000
     retrieval_texts_per_image: int = 5
     retrieval_repeats: int = 3
-    data_images: int = 256
+    data_images: int = 256  # per pass over the shards (the data section)
+    data_rounds: int = 5
+    data_batch: int = 32
+    eval_batch: int = 64  # data.eval_batch_size: retrieval / captioning evaluation
+    eval_rounds: int = 3
+    beams: int = 4
     gpu_batch: int = 256
     gpu_warmup: int = 3
     gpu_rounds: int = 10
@@ -151,10 +159,12 @@ def make_plan(mode: str) -> Plan:
         return Plan("full", "real")
     if mode == "quick":
         return Plan("quick", "real", warmup=1, rounds=3, overhead_warmup=1, overhead_rounds=3,
-                    gen_repeats=1, retrieval_repeats=1, data_images=64, gpu_warmup=2, gpu_rounds=5)
+                    gen_repeats=1, retrieval_repeats=1, data_images=96, data_rounds=3, eval_rounds=2,
+                    gpu_warmup=2, gpu_rounds=5)
     if mode == "smoke":
         return Plan("smoke", "tiny", batch=4, warmup=1, rounds=2, overhead_warmup=1, overhead_rounds=2,
-                    gen_batch=2, gen_eval_batch=3, gen_repeats=1, retrieval_images=200, retrieval_repeats=1, data_images=8,
+                    gen_batch=2, gen_eval_batch=3, gen_repeats=1, retrieval_images=200, retrieval_repeats=1, data_images=4,
+                    data_rounds=1, data_batch=2, eval_batch=4, eval_rounds=1, beams=2,
                     gpu_batch=8, gpu_warmup=1, gpu_rounds=2)
     raise ValueError(f"unknown mode {mode!r}")
 
@@ -658,77 +668,43 @@ def section_retrieval(plan: Plan, device: torch.device) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
-# section 5: data loading
+# section 5: data loading per core (mammut_pl/bench_data.py); section 6: evaluation throughput
 # --------------------------------------------------------------------------------------
-def _photo_shard(path: Path, n: int = 16) -> Path:
-    """A shard of n COCO-sized (640x480) JPEG photos, made from matplotlib's sample photo."""
-    import numpy as np
-    from matplotlib import cbook
-    from PIL import Image, ImageOps
-
-    from mammut_pl.data.images import open_rgb
-
-    photo = open_rgb(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-    rng = np.random.default_rng(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for i in range(n):
-            w, h = photo.size
-            s = rng.uniform(0.6, 1.0)
-            x, y = rng.integers(0, int(w * (1 - s)) + 1), rng.integers(0, int(h * (1 - s)) + 1)
-            img = photo.crop((x, y, x + int(w * s), y + int(h * s))).resize((640, 480), Image.BICUBIC)
-            img = ImageOps.mirror(img) if i % 2 else img
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=90)
-            for ext, data in (("jpg", buf.getvalue()), ("txt", CAPTIONS[i % len(CAPTIONS)].encode())):
-                info = tarfile.TarInfo(f"{i:09d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def _decode_rate(urls: list[str], n_images: int, image_size: int) -> dict[str, Any]:
-    """images/s of the suite's training pipeline minus shuffling and batching:
-    tar -> decode -> augment (the same shard reader and sample decoder as WebPairStream)."""
-    from mammut_pl.data.transforms import image_transform
-    from mammut_pl.data.webdata import SkipCounter, decode_sample, shard_samples
-
-    transform = image_transform(image_size, train=True, augment=True)
-    count = 0
-    t0 = time.perf_counter()
-    while count < n_images:
-        before = count
-        for sample in shard_samples(urls, SkipCounter()):
-            decode_sample(sample, transform)
-            count += 1
-            if count >= n_images:
-                break
-        if count == before:
-            raise RuntimeError(f"no decodable samples in {urls}")
-    seconds = time.perf_counter() - t0
-    return {"images": count, "seconds": seconds, "images_per_s": count / seconds}
-
-
 def section_data(plan: Plan, device: torch.device) -> dict[str, Any]:
-    from mammut_pl.data.demo import write_demo
+    from mammut_pl.bench_data import section_data as run_data
 
-    size = 224 if plan.scale == "real" else 64
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a DataLoader worker
-    try:
-        with tempfile.TemporaryDirectory(prefix="mammut_bench_") as tmp:
-            demo = write_demo(Path(tmp) / "demo", tiny=True) / "webdata"
-            demo_urls = sorted(str(p) for p in demo.glob("*.tar"))
-            photo_urls = [str(_photo_shard(Path(tmp) / "photo" / "00000.tar"))]
-            _decode_rate(photo_urls, 4, size)  # warm-up (imports, caches)
-            rows = {
-                "demo_shards": {"source": "demo webdataset shards (64 px JPEG)", **_decode_rate(demo_urls, plan.data_images, size)},
-                "photo_shard": {"source": "640x480 JPEG photos", **_decode_rate(photo_urls, plan.data_images, size)},
-            }
-    finally:
-        torch.set_num_threads(threads)
-    return {"output_size": size, "augment": "RandomResizedCrop(scale 0.8-1) + ToTensor + Normalize",
-            "workers": 1, "torch_threads": 1, "rows": rows}
+    return run_data(plan, device)
+
+
+@torch.no_grad()
+def section_eval(plan: Plan, device: torch.device) -> dict[str, Any]:
+    """Evaluation at the evaluation batch (data.eval_batch_size): zero-shot retrieval (image tower +
+    5 captions an image through the text tower, embeddings normalised: what validation runs per batch)
+    in images/s, and captioning (20 new tokens, eval.max_new_tokens) greedy and beam search with the
+    KV cache, in captions/s. Every row decodes the full length (no stop token)."""
+    from mammut_pl.model import MaMMUT
+
+    torch.manual_seed(0)
+    model = MaMMUT(mammut_config("b32" if plan.scale == "real" else "test")).to(device).eval()
+    B = plan.eval_batch
+    images = random_images(B, model.config.image_size).to(device)
+    tokens = caption_tokens(5 * B).to(device)
+    new = 20
+    runs = {
+        "retrieval": lambda: (model.image_embedding(model.image_tokens(images)), model.encode_text(tokens)),
+        "greedy": lambda: model.generate(images, max_new_tokens=new, use_cache=True, eos_id=-1),
+        "beam": lambda: model.generate(images, max_new_tokens=new, num_beams=plan.beams, use_cache=True, eos_id=-1),
+    }
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = interleaved(runs, 1, plan.eval_rounds, sync)
+    rows = {}
+    for name, t in times.items():
+        t = dict(t)
+        rows[name] = {"time_s": t, "cpu_s": t.pop("cpu"), "per_s": B / t["median"]}
+    return {"batch_size": B, "captions_per_image_retrieval": 5, "new_tokens": new, "beams": plan.beams,
+            "device": str(device), "rows": rows,
+            "retrieval_images_per_s": rows["retrieval"]["per_s"], "greedy_captions_per_s": rows["greedy"]["per_s"],
+            "beam_captions_per_s": rows["beam"]["per_s"]}
 
 
 # --------------------------------------------------------------------------------------
@@ -910,11 +886,17 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| retrieval eval {rt['n_images']} x {rt['n_texts']} from cached embeddings: "
                      f"{_fmt_s(rt['time_s'])} s, peak extra memory | {_fmt_mb(rt['peak_extra_mb'])} (< 2 GB: "
                      f"{'met' if rt['peak_extra_mb'] is not None and rt['peak_extra_mb'] < TARGETS['retrieval.peak_extra_mb'] else 'NOT met'}) | |")
+    ev = res.get("eval")
+    if ev and "rows" in ev:
+        lines.append(f"| evaluation at batch {ev['batch_size']}: zero-shot retrieval (5 captions an image) images/s; "
+                     f"captions/s greedy / beam {ev['beams']} (KV cache, {ev['new_tokens']} tokens) | "
+                     f"{ev['retrieval_images_per_s']:.1f}; {ev['greedy_captions_per_s']:.1f} / "
+                     f"{ev['beam_captions_per_s']:.1f} | |")
     da = res.get("data")
-    if da and "rows" in da:
-        for r in da["rows"].values():
-            lines.append(f"| data: {r['source']} -> decode + augment to {da['output_size']} px, one worker | "
-                         f"{r['images_per_s']:.0f} images/s | |")
+    if da and "shards" in da:
+        from mammut_pl.bench_data import markdown_rows
+
+        lines += markdown_rows(da)
     gpu = res.get("gpu")
     if gpu:
         for key, run in gpu.get("runs", {}).items():
@@ -941,7 +923,7 @@ def _jsonable(x: Any) -> Any:
 
 
 SECTIONS = {"train": section_train, "overhead": section_overhead, "generate": section_generate,
-            "retrieval": section_retrieval, "data": section_data}
+            "retrieval": section_retrieval, "data": section_data, "eval": section_eval}
 
 
 def run(mode: str = "full", out: str | Path = "bench/results", sections: list[str] | None = None,
@@ -953,7 +935,7 @@ def run(mode: str = "full", out: str | Path = "bench/results", sections: list[st
                            "machine": machine(), "plan": dataclasses.asdict(plan), "targets": TARGETS}
     cpu = torch.device("cpu")
     # memory-light sections first: the RSS high-water mark is cleanest before the big models ran
-    for name in [s for s in ("retrieval", "data", "generate", "train", "overhead") if s in sections]:
+    for name in [s for s in ("retrieval", "data", "eval", "generate", "train", "overhead") if s in sections]:
         log(f"[bench] {name} ...")
         t0 = time.perf_counter()
         try:

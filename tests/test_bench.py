@@ -130,8 +130,30 @@ def test_overhead_generation_retrieval_data(smoke):
     check_times(rt["time_s"])
     assert rt["peak_extra_mb"] is None or rt["peak_extra_mb"] >= 0
 
-    for row in res["data"]["rows"].values():
-        assert row["images"] >= res["plan"]["data_images"] and positive(row["images_per_s"])
+    da = res["data"]
+    assert set(da["shards"]) == {"laion_256", "datacomp_512"}
+    for sh in da["shards"].values():
+        rows = sh["rows"]
+        assert set(rows) == {"open_clip", "fast", "fast_pil", "float"}
+        for row in rows.values():
+            check_times(row["time_s"])
+            # every pipeline drops its partial last batch: a pass yields whole batches only
+            assert 0 < row["images"] <= plan["data_images"] and row["images"] % plan["data_batch"] == 0
+            assert math.isclose(row["images_per_s"], row["images"] / row["time_s"]["median"], rel_tol=1e-9)
+        for key in ("fast", "fast_pil", "float"):
+            assert math.isclose(sh["ratios"][f"{key}/open_clip"],
+                                rows[key]["images_per_s"] / rows["open_clip"]["images_per_s"], rel_tol=1e-9)
+    assert {"coco_train", "coco_eval", "vqav2_train", "msrvtt_train_clip", "msrvtt_eval_clip"} == set(da["readers"])
+    assert all(positive(r["images_per_s"]) for r in da["readers"].values())
+
+    ev = res["eval"]
+    assert ev["batch_size"] == plan["eval_batch"] and ev["beams"] == plan["beams"]
+    for name in ("retrieval", "greedy", "beam"):
+        check_times(ev["rows"][name]["time_s"])
+        assert math.isclose(ev["rows"][name]["per_s"], ev["batch_size"] / ev["rows"][name]["time_s"]["median"],
+                            rel_tol=1e-9)
+    md = (smoke[0] / "latest.md").read_text()
+    assert "open_clip get_wds_dataset" in md and "zero-shot retrieval" in md
 
 
 def test_summary_and_cli_validation():

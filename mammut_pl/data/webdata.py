@@ -5,7 +5,8 @@ Shards are split across nodes and DataLoader workers; a sample that cannot be re
 caption) is skipped, logged and counted: each batch carries the number of samples
 skipped since the previous batch of its worker, and the task logs the running total
 as `train/skipped_samples`. The `.json` sidecar is not read; members are never
-unpickled; shards are local files or http(s) URLs read without a shell (`pipe:` is refused).
+unpickled; shards are local files, http(s) URLs or fsspec URLs (s3://, gs://, hf://, ...), streamed
+without a shell (`pipe:` is refused).
 
 Resumable: each worker's stream is a pure function of (seed, epoch, rank, worker) -- the
 shuffle buffer and every sample's augmentation are seeded from them -- and each batch
@@ -17,6 +18,8 @@ would have produced (same num_workers, batch size and shards; see README "Reliab
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import random
 import urllib.request
@@ -25,16 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import braceexpand
+import fsspec
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from mammut_pl.data.images import open_rgb
+from mammut_pl.data.images import ImageError
 from mammut_pl.data.tokenizer import Tokenizer
-from mammut_pl.data.transforms import image_transform
+from mammut_pl.data.transforms import FastCrop
 from mammut_pl.resume import derive_seed, lightning_epoch, seeded
 
 log = logging.getLogger(__name__)
@@ -70,26 +75,70 @@ class SkipCounter:
         return True
 
 
+def _check_protocol(url: str, key: str) -> None:
+    """A shard URL must be a local path, http(s) or an fsspec filesystem that is installed."""
+    if url.startswith("pipe:"):
+        raise ValueError(f"{key}: {url!r}: `pipe:` would run a shell command from the config; use a path or "
+                         "an fsspec URL (s3://, gs://, hf://, ...)")
+    protocol = url.split("://", 1)[0] if "://" in url else ""
+    if protocol in ("", "http", "https"):
+        return
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as err:  # unknown protocol, or its package (s3fs, gcsfs, ...) missing
+        raise ValueError(f"{key}: {url!r}: cannot read {protocol}:// URLs: {err}") from None
+
+
 def shard_urls(root: str, pattern: str = "") -> list[str]:
-    """Shard paths: `pattern` (brace-expanded, relative to root) or every *.tar in root."""
-    base = Path(root)
+    """Shard paths or URLs: `pattern` (brace-expanded, relative to root unless absolute or a URL)
+    or every *.tar in root. URLs other than http(s) (s3://, gs://, hf://, memory://, file://, ...)
+    are read through fsspec, streamed; no shell is ever run."""
     if pattern:
         urls = []
         for p in braceexpand.braceexpand(pattern):
-            if p.startswith("pipe:") or ("://" in p and not p.startswith(("http://", "https://"))):
-                raise ValueError(f"data.shards: {p!r}: only local paths and http(s) URLs are read "
-                                 "(`pipe:` would run a shell command from the config; mount or copy the shards)")
-            urls.append(p if "://" in p or Path(p).is_absolute() else str(base / p))
-        missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+            _check_protocol(p, "data.shards")
+            absolute = "://" in p or Path(p).is_absolute()
+            urls.append(p if absolute else (f"{root.rstrip('/')}/{p}" if "://" in root else str(Path(root) / p)))
+        missing = [u for u in urls if not _remote(u) and not _exists(u)]
         if missing:
             raise FileNotFoundError(f"data.shards: {len(missing)} shard(s) missing, e.g. {missing[0]}")
         return urls
+    if "://" in root:
+        _check_protocol(root, "data.root")
+        fs, path = fsspec.core.url_to_fs(root)
+        urls = sorted(fs.unstrip_protocol(p) for p in fs.glob(path.rstrip("/") + "/*.tar"))
+        if not urls:
+            raise FileNotFoundError(f"data.root: no *.tar shards at {root} (expected img2dataset's 00000.tar, ...)")
+        return urls
+    base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"data.root: webdataset shard folder not found: {base} (expected 00000.tar, 00001.tar, ...)")
     urls = sorted(str(p) for p in base.glob("*.tar"))
     if not urls:
         raise FileNotFoundError(f"data.root: no *.tar shards in {base} (expected img2dataset's 00000.tar, ...)")
     return urls
+
+
+def _remote(url: str) -> bool:
+    """Object stores and web servers: not checked shard by shard at start (thousands of requests)."""
+    return "://" in url and not url.startswith(("file://", "memory://"))
+
+
+def _exists(url: str) -> bool:
+    if "://" in url:
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs.isfile(path)
+    return Path(url).is_file()
+
+
+def open_shard(url: str) -> Any:
+    """A readable binary stream of one shard: a local file, http(s) via urllib, anything else via
+    fsspec (streamed in blocks; the filesystem's package, e.g. s3fs or gcsfs, must be installed)."""
+    if url.startswith(("http://", "https://")):
+        return urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the scheme is checked
+    if "://" in url:
+        return fsspec.open(url, "rb").open()
+    return open(url, "rb")
 
 
 def shard_samples(urls: Any, counter: SkipCounter, give_up_after: int = 0) -> Iterator[dict[str, Any]]:
@@ -99,7 +148,7 @@ def shard_samples(urls: Any, counter: SkipCounter, give_up_after: int = 0) -> It
     empty = 0
     for url in urls:
         try:
-            stream = urllib.request.urlopen(url, timeout=60) if "://" in url else open(url, "rb")  # noqa: S310
+            stream = open_shard(url)
         except Exception as err:  # noqa: BLE001
             counter.skip(f"shard {url}", err)
             stream = None
@@ -125,8 +174,18 @@ def decode_sample(sample: dict[str, Any], transform) -> tuple[Any, str]:
     caption = sample["txt"].decode("utf-8").strip()
     if not caption:
         raise ValueError("empty caption")
-    # no EXIF rotation: open_clip's convention for shards (see data/images.py)
-    return transform(open_rgb(sample[key], max_pixels=MAX_PIXELS, name=f".{key}")), caption
+    name = f".{key}"
+    try:
+        with Image.open(io.BytesIO(sample[key])) as img:  # reads the header only
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(f"image {name} of {img.width}x{img.height} pixels is larger than {MAX_PIXELS}")
+            # the transform decodes (FastCrop: at a reduced DCT scale where it can) and converts the mode
+            # (images.to_rgb); no EXIF rotation: open_clip's convention for shards (see data/images.py)
+            return transform(img), caption
+    except ImageError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+        raise ImageError(f"cannot decode image {name}: {err}") from None
 
 
 class WebPairStream(IterableDataset):
@@ -143,7 +202,8 @@ class WebPairStream(IterableDataset):
 
     def __init__(self, urls: list[str], transform, batcher, batch_size: int, shuffle_buffer: int, seed: int,
                  resampled: bool = False, batches_per_epoch: int = 0, epoch: int = 0,
-                 start: dict[str, Any] | None = None, rank: int | None = None, world: int | None = None) -> None:
+                 start: dict[str, Any] | None = None, rank: int | None = None, world: int | None = None,
+                 num_workers: int = 0, shard_sizes: list[int] | None = None) -> None:
         super().__init__()
         # this rank, taken where the loader is built: a DataLoader worker started by spawn or forkserver
         # (not fork) has no process group, and would read every rank's shards
@@ -153,6 +213,22 @@ class WebPairStream(IterableDataset):
         self.resampled, self.batches_per_epoch = resampled, batches_per_epoch
         self.epoch = epoch  # of the next __iter__ (each worker keeps its own copy in step)
         self.start = start
+        self.num_workers, self.shard_sizes = num_workers, shard_sizes
+
+    def __len__(self) -> int:
+        """Batches this rank yields in an epoch (the DataLoader's length: the progress bar's total and
+        time estimate). Resampled: batches_per_epoch. Otherwise each DataLoader worker yields
+        floor(its shards' samples / batch) batches, counted from img2dataset's `_stats.json`
+        ("successes") or a `sizes.json` beside the shards; samples skipped as unreadable make an
+        epoch end a little earlier. Unknown sizes (remote shards without them): TypeError, which
+        DataLoader and Lightning read as "no length" (an endless-looking bar, as before)."""
+        if self.resampled:
+            return self.batches_per_epoch
+        if self.shard_sizes is None:
+            raise TypeError("WebPairStream: samples per shard unknown (no img2dataset _stats.json / sizes.json)")
+        mine = self.shard_sizes[self.rank::self.world]
+        workers = max(1, self.num_workers)
+        return sum(sum(mine[w::workers]) // self.batch_size for w in range(workers))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self.epoch
@@ -222,6 +298,33 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def read_shard_sizes(urls: list[str]) -> list[int] | None:
+    """Samples in each shard, from img2dataset's `<shard>_stats.json` ("successes") or open_clip's
+    `sizes.json` ({"00000.tar": n, ...}) beside it; None if any is unknown (or remote: not fetched)."""
+    sizes: list[int] = []
+    listings: dict[str, dict[str, Any]] = {}
+    for url in urls:
+        if _remote(url):
+            return None
+        folder, name = url.rsplit("/", 1) if "/" in url else (".", url)
+        try:
+            with fsspec.open(f"{folder}/{name.rsplit('.', 1)[0]}_stats.json", "rt") as f:
+                sizes.append(int(json.load(f)["successes"]))
+                continue
+        except (OSError, KeyError, ValueError, TypeError):
+            pass
+        if folder not in listings:
+            try:
+                with fsspec.open(f"{folder}/sizes.json", "rt") as f:
+                    listings[folder] = json.load(f)
+            except (OSError, ValueError):
+                listings[folder] = {}
+        if name not in listings[folder]:
+            return None
+        sizes.append(int(listings[folder][name]))
+    return sizes
+
+
 class PairBatcher:
     def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
         self.tokenizer, self.context_length = tokenizer, context_length
@@ -249,6 +352,7 @@ class WebDataModule(L.LightningDataModule):
         self.shuffle_buffer, self.augment, self.crop_scale_min, self.seed = shuffle_buffer, augment, crop_scale_min, seed
         self.val = val
         self.urls = shard_urls(root, shards)  # fail at construction: before any work starts
+        self.sizes = None if resampled else read_shard_sizes(self.urls)  # the loader's length
         self._position: dict[str, Any] = {"epoch": -1, "last": -1, "pos": {}}  # of consumed batches
         self._resume: dict[str, Any] | None = None
 
@@ -258,7 +362,8 @@ class WebDataModule(L.LightningDataModule):
         return self.val is not None
 
     def train_dataloader(self) -> DataLoader:
-        transform = image_transform(self.image_size, True, self.augment, self.crop_scale_min)
+        # uint8 (B, 3, H, W) batches: the task normalises them on the device (normalize_batch)
+        transform = FastCrop(self.image_size, train=self.augment, scale=(self.crop_scale_min, 1.0))
         world = _rank_world()[1]
         if world > 1 and not self.resampled:
             if len(self.urls) < world:
@@ -275,7 +380,7 @@ class WebDataModule(L.LightningDataModule):
         stream = WebPairStream(self.urls, transform, PairBatcher(self.tokenizer, self.context_length),
                                self.batch_size, self.shuffle_buffer, self.seed, self.resampled,
                                self.steps_per_epoch, epoch=epoch if epoch is not None else (start or {}).get("epoch", 0),
-                               start=start)
+                               start=start, num_workers=self.num_workers, shard_sizes=self.sizes)
         # batching happens in the stream; the generator keeps worker seeds off the global RNG
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,  # workers keep their epoch count

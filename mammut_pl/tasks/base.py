@@ -15,6 +15,7 @@ from torch import Tensor
 
 from mammut_pl.config import Config, from_dict
 from mammut_pl.data.tokenizer import Tokenizer
+from mammut_pl.data.transforms import normalize_batch
 from mammut_pl.model import MaMMUT
 from mammut_pl.model.towers import load_encoder_weights
 from mammut_pl.scale import FSDP_NAMES, enable_grad_checkpointing
@@ -92,6 +93,11 @@ class MaMMUTTask(L.LightningModule):
         # under FSDP its activation_checkpointing_policy wraps the same blocks (mammut_pl.scale)
         if m.grad_checkpointing and self.cfg.trainer.get("strategy") not in FSDP_NAMES:
             enable_grad_checkpointing(self.model)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 images (the web shards' FastCrop path) become CLIP-normalised floats here, on the
+        device, a whole batch at a time; float batches (every other reader) pass unchanged."""
+        return normalize_batch(batch)
 
     # --- non-finite guard ----------------------------------------------------------
     def check_finite(self, loss: Tensor) -> Tensor | None:
