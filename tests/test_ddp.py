@@ -6,7 +6,6 @@ written once when several processes (DDP ranks, sweep workers) ask for it at the
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -16,14 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import free_port
+
 pytestmark = pytest.mark.ddp
 SHARD_SIZES = (2, 3, 4, 5, 6)  # uneven on purpose: rank 0 gets shards 0, 2, 4 (12 samples), rank 1 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_shards(root: Path, sizes=SHARD_SIZES) -> list[str]:
@@ -87,7 +82,7 @@ def ranks(tmp_path_factory) -> list[dict]:
 
     tmp = tmp_path_factory.mktemp("ranks")
     urls = write_shards(tmp / "shards")
-    mp.spawn(_rank_main, args=(2, _free_port(), urls, str(tmp)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), urls, str(tmp)), nprocs=2, join=True)
     return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -3,7 +3,6 @@
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,8 @@ import torch.nn.functional as F
 
 from mammut_pl.losses import (CaptionLoss, FocalContrastiveLoss, SigmoidContrastiveLoss, global_batch_mean,
                               SoftmaxContrastiveLoss, build_contrastive_loss)
+
+from conftest import free_port
 
 
 def embeds(B=6, D=8, seed=0):
@@ -87,12 +88,6 @@ def test_unknown_loss_named():
 
 
 # --- data parallel: 2 gloo ranks == 1 process on the concatenated batch -----------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank, world, port, kind, out):
     import torch.distributed as dist
 
@@ -125,7 +120,7 @@ def test_two_ranks_equal_one_process(kind, tmp_path):
     import torch.multiprocessing as mp
 
     out = tmp_path / "ddp.pt"
-    mp.spawn(_rank_main, args=(2, _free_port(), kind, str(out)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), kind, str(out)), nprocs=2, join=True)
     got = torch.load(out)
     # one process, whole batch
     torch.manual_seed(0)
@@ -168,7 +163,7 @@ def test_token_mean_over_uneven_ranks_equals_the_global_mean(tmp_path):
     import torch.multiprocessing as mp
 
     out = tmp_path / "ddp.pt"
-    mp.spawn(_token_mean_rank_main, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_token_mean_rank_main, args=(2, free_port(), str(out)), nprocs=2, join=True)
     got = torch.load(out)
     torch.manual_seed(0)
     head = torch.nn.Linear(4, 5)
