@@ -20,12 +20,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch.nn.functional as F
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import Tensor
 
 from mammut_pl.config import Config
-from mammut_pl.losses import build_contrastive_loss, global_batch_mean
+from mammut_pl.losses import build_contrastive_loss, mammut_loss
 from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
 from mammut_pl.metrics.video_qa import QUESTION_TYPES, VideoQAAccuracy, exact_match
 from mammut_pl.model.video import VideoMaMMUT
@@ -152,19 +151,12 @@ class VideoCaptioningTask(VideoModel, CaptioningTask):
         clips, tokens = batch["images"], batch["tokens"]
         w_con, w_cap = self.cfg.loss.contrastive_weight, self.cfg.loss.caption_weight
         out = self.model(clips, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True)
-        B, total = len(clips), 0.0
-        if w_cap > 0:
-            cap = global_batch_mean(F.cross_entropy(  # mean over the caption tokens of all ranks
-                out["caption_logits"].float(), out["caption_targets"], reduction="sum",
-                label_smoothing=self.cfg.loss.label_smoothing), out["caption_targets"].numel())
-            self.log("train/caption_loss", cap, batch_size=B)
-            total = total + w_cap * cap
-        if w_con > 0:
-            con = self.contrastive_loss(out["image_embed"], out["text_embed"], out["logit_scale"], out["logit_bias"])
-            self.log("train/contrastive_loss", con, batch_size=B)
-            total = total + w_con * con
-        self.log("train/loss", total, prog_bar=True, batch_size=B)
-        return self.check_finite(total)
+        losses = mammut_loss(out, self.contrastive_loss, w_con, w_cap, self.cfg.loss.label_smoothing)
+        for name in ("caption_loss", "contrastive_loss"):
+            if name in losses:
+                self.log(f"train/{name}", losses[name], batch_size=len(clips))
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(clips))
+        return self.check_finite(losses["loss"])
 
     def _eval_step(self, batch: dict[str, Any], metric, stage: str) -> None:
         self.count_skipped(batch, stage)
