@@ -598,10 +598,9 @@ class MSRVTTDataModule(ResumableTrainData, L.LightningDataModule):
         return videos
 
     # --- loaders ---
-    def _loader(self, dataset: Dataset, train: bool, collate) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-                          drop_last=train, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=collate)
+    def _eval_loader(self, dataset: Dataset, collate) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, collate_fn=collate)
 
     def _clip_args(self, train: bool) -> tuple:
         transform = ClipTransform(self.image_size, train, self.augment, self.crop_scale_min)
@@ -626,8 +625,8 @@ class MSRVTTDataModule(ResumableTrainData, L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         ds, collate = self._dataset(self.val_split, False)
-        return self._loader(ds, False, collate)
+        return self._eval_loader(ds, collate)
 
     def test_dataloader(self) -> DataLoader:
         ds, collate = self._dataset(self.test_split, False)
-        return self._loader(ds, False, collate)
+        return self._eval_loader(ds, collate)

@@ -1,10 +1,9 @@
-"""Image transforms and the shared text collation."""
+"""Image loading and transforms (CLIP normalisation, train-time random resized crop)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import torch
 from PIL import Image
 from torch import Tensor
 from torchvision import transforms as T
@@ -44,6 +43,3 @@ def load_image(path: str) -> Image.Image:
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot decode image {path}: {err}") from None
 
-
-def stack_images(images: Sequence[Tensor]) -> Tensor:
-    return torch.stack(list(images))
