@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mammut_pl.data.coco import field, read_json
+from mammut_pl.data.context import EvalContext
 from mammut_pl.data.epochs import ResumableTrainData, SampleRef, batch_position, item_index
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import MEAN, STD
@@ -549,6 +550,10 @@ class MSRVTTDataModule(ResumableTrainData, L.LightningDataModule):
         if split not in self._qa:
             self._qa[split] = read_msrvtt_qa(self.root, split, self.video_dir)
         return self._qa[split]
+
+    def eval_context(self) -> EvalContext:
+        return EvalContext(val_split=self.val_split, test_split=self.test_split, eval_questions=self.eval_questions,
+                           majority_answer=self.majority_answer, answer_vocabulary=self.answer_vocabulary)
 
     def answer_vocabulary(self) -> list[str]:
         if self._vocab is None:

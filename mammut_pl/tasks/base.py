@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from mammut_pl.config import Config, from_dict
+from mammut_pl.data.context import EvalContext, eval_context
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.model import MaMMUT
 from mammut_pl.resume import CheckpointError, read_checkpoint
@@ -53,6 +54,11 @@ class MaMMUTTask(L.LightningModule):
             self.init_from(self.cfg.model.init_from)
         if self.cfg.model.compile:
             self.model.compile()  # in place: state_dict keys (and checkpoints) stay the same
+
+    @property
+    def context(self) -> EvalContext | None:
+        """What this task evaluates against, from its datamodule (None: no datamodule attached)."""
+        return eval_context(getattr(self._trainer, "datamodule", None) if self._trainer is not None else None)
 
     def build_model(self) -> MaMMUT:
         return MaMMUT(self.cfg.model.architecture())
