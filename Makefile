@@ -9,9 +9,11 @@ MLFLOW_WORKERS ?= 4
 DEMO_DIR ?= data/demo
 ARGS ?=
 SWEEP_ARGS ?=
+STRESS_RUNS ?= 3
+STRESS_HOGS ?= 2
 CKPT ?= $(lastword $(sort $(wildcard outputs/demo/*/checkpoints/last.ckpt)))
 
-.PHONY: help setup data demo evaluate test test-fast mlflow-ui mlflow-server bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task sweep-video sweep-cpe
+.PHONY: help setup data demo evaluate test test-fast test-stress mlflow-ui mlflow-server bench clean sweep-xattn sweep-loss sweep-encoder sweep-cross-task sweep-video sweep-cpe
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -51,6 +53,9 @@ test: setup ## set up, then run the whole test suite (what CI runs)
 
 test-fast: setup ## unit tests only (skip the end-to-end ones)
 	@$(PY) -m pytest -q -m "not e2e"
+
+test-stress: setup ## `make test` STRESS_RUNS=3 times in a row beside STRESS_HOGS=2 busy CPU loops (a loaded machine); stops at the first failure
+	@PY=$(PY) bash scripts/test_stress.sh $(STRESS_RUNS) $(STRESS_HOGS)
 
 bench: setup .venv/.bench-stamp ## time mammut_pl vs CoCa/CLIP/lucidrains side by side (installs the bench extras; 12 min on 2 CPU cores; ARGS=--quick: 7 min, --smoke: seconds)
 	@$(PY) -m mammut_pl.bench $(ARGS)

@@ -671,7 +671,9 @@ def _photo_shard(path: Path, n: int = 16) -> Path:
     from matplotlib import cbook
     from PIL import Image, ImageOps
 
-    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    from mammut_pl.data.images import open_rgb
+
+    photo = open_rgb(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     rng = np.random.default_rng(0)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as tar:

@@ -45,13 +45,35 @@ def load_task(path: str | Path, overrides: list[str] | None = None, task: str | 
     """(config, LightningModule with the checkpoint's weights, tokenizer), in eval mode.
 
     `task` builds another task around the same weights (e.g. a pretraining
-    checkpoint evaluated for retrieval with `task="pretrain"`)."""
+    checkpoint evaluated for retrieval with `task="pretrain"`). `path` may also be an openMaMMUT
+    folder (hub layout): the typed defaults + overrides, with its architecture and weights."""
+    from mammut_pl.model.openmammut import is_openmammut_dir
+
+    if is_openmammut_dir(path):
+        cfg = folder_config(path, overrides)
+        if task:
+            cfg.task = task
+        return (cfg, *task_from_folder(cfg))
     ckpt = read_checkpoint(path)
     cfg = checkpoint_config(ckpt, path, overrides)
     if task:
         cfg.task = task
     module, tokenizer = task_with_weights(cfg, ckpt, path)
     return cfg, module, tokenizer
+
+
+def folder_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """The config for an openMaMMUT folder: typed defaults + overrides, model.init_from=the folder
+    (its architecture is adopted when the tokenizer is built), CLIP BPE."""
+    return config_lib.load("", [f"model.init_from={path}", "data.tokenizer=clip", *(overrides or [])])
+
+
+def task_from_folder(cfg: Config):
+    """(LightningModule with the openMaMMUT folder's architecture and weights, tokenizer), in eval mode."""
+    cfg.model.compile = False
+    tokenizer = build_tokenizer_for(cfg)  # takes the folder's architecture
+    module = build_task(cfg, tokenizer)  # loads its weights (model.init_from)
+    return module.eval(), tokenizer
 
 
 def task_with_weights(cfg: Config, ckpt: dict[str, Any], path: str | Path):
@@ -93,3 +115,24 @@ def load_task_head(module: Any, ckpt: dict[str, Any], path: str | Path, task: st
     if wrong:
         raise ValueError(f"{path}: {len(wrong)} tensors do not fit task={task}, e.g. {wrong[0]}")
     module.load_state_dict({k: stored[k] for k in head}, strict=False)
+
+
+def export_openmammut(ckpt: str | Path, out: str | Path) -> Path:
+    """A suite checkpoint -> hub-layout openMaMMUT folder (python -m mammut_pl.export); its
+    architecture must be openMaMMUT-compatible and its tokenizer CLIP BPE (the fork's vocabulary)."""
+    from mammut_pl.model import MaMMUT
+    from mammut_pl.model.openmammut import check_compatible, save_openmammut
+
+    obj = read_checkpoint(ckpt)
+    cfg = checkpoint_config(obj, ckpt)
+    if cfg.data.tokenizer != "clip":
+        raise ValueError(f"{ckpt}: data.tokenizer={cfg.data.tokenizer!r}: openMaMMUT needs the CLIP BPE tokenizer")
+    config = cfg.model.architecture()
+    check_compatible(config)  # before building anything: names the first incompatible model.* option
+    model = MaMMUT(config)
+    state = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt}: weights do not match its model config: missing {missing[:8]}, "
+                         f"unexpected {unexpected[:8]}")
+    return save_openmammut(model, out)

@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import inspect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,10 @@ class ModelSettings(MaMMUTConfig):
 @dataclass
 class LossConfig:
     contrastive: str = "focal"  # focal | sigmoid | softmax
-    focal_gamma: float = 2.0
+    # focal contrastive loss, RO-ViT's reference defaults (compute_focal_contrastive_loss): gamma 1,
+    # alpha 0.5 with the reference's x2, so matching and non-matching pairs both weigh 1
+    focal_gamma: float = 1.0
+    focal_alpha: float = 0.5  # the matching pair weighs 2 * alpha, the others 2 * (1 - alpha)
     contrastive_weight: float = 1.0  # 0 skips the contrastive pass (captioner baseline)
     caption_weight: float = 1.0  # 0 skips the generative pass (CLIP/ALIGN baseline)
     label_smoothing: float = 0.0
@@ -114,7 +118,7 @@ class EvalConfig:
 class VideoSettings(VideoConfig):
     """`video.*`: the encoder's switches (VideoConfig) and what a clip is (MSRVTT datamodule)."""
 
-    num_frames: int = 16  # T frames per clip
+    num_frames: int = 32  # T frames per clip (TubeViT's clip length: its default tubes need >= 20)
     fps: float = 8.0  # sampled at this rate (a window of T / fps seconds); 0 = spread over the whole video
     sampling: str = "random"  # training: random window start + random point per segment; "uniform": centres
     video_dir: str = "videos"  # video{id}.mp4/.avi/.webm, relative to data.root
@@ -238,6 +242,7 @@ def load(experiment: str = "", overrides: list[str] | None = None) -> Config:
         raise _friendly(err, base, "resolved config") from None
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    derive(cfg)
     validate(cfg)
     return cfg
 
@@ -248,8 +253,26 @@ def from_dict(d: dict[str, Any]) -> Config:
         cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
     except OmegaConfBaseException as err:
         raise _friendly(err, OmegaConf.structured(Config), "stored config") from None
+    derive(cfg)
     validate(cfg)
     return cfg
+
+
+def encoder_patch_size(model: MaMMUTConfig) -> int:
+    """The ViT's patch size without building it: model.encoder_kwargs.patch_size, else the
+    `patchN` in the timm name (vit_base_patch16_224 -> 16), else timm's ViT default 16."""
+    patch = (model.encoder_kwargs or {}).get("patch_size")
+    if patch:
+        return int(patch[0] if isinstance(patch, (list, tuple)) else patch)
+    found = re.search(r"patch(\d+)", model.encoder)
+    return int(found.group(1)) if found else 16
+
+
+def derive(cfg: Config) -> None:
+    """Values that follow from others unless set: model.cpe_grid = 0 -> the detection grid
+    (detection.image_size / patch size), where RO-ViT upsamples the pretraining positions to."""
+    if cfg.model.cpe_grid == 0:
+        cfg.model.cpe_grid = max(1, cfg.detection.image_size // encoder_patch_size(cfg.model))
 
 
 def validate(cfg: Config) -> None:
@@ -264,10 +287,12 @@ def validate(cfg: Config) -> None:
     need(cfg.loss.contrastive_weight >= 0, "loss.contrastive_weight", "must be >= 0")
     need(cfg.loss.caption_weight >= 0, "loss.caption_weight", "must be >= 0")
     need(cfg.loss.focal_gamma >= 0, "loss.focal_gamma", "must be >= 0")
+    need(0 <= cfg.loss.focal_alpha <= 1, "loss.focal_alpha", "must be in [0, 1]")
     need(cfg.loss.nonfinite in ("stop", "skip"), "loss.nonfinite", "expected stop or skip")
     if cfg.task == "pretrain":
         need(cfg.loss.contrastive_weight + cfg.loss.caption_weight > 0, "loss.caption_weight",
              "loss.contrastive_weight and loss.caption_weight cannot both be 0")
+    need(cfg.model.cpe_grid > 0, "model.cpe_grid", "must be > 0 (0 = derived from detection.image_size / patch)")
     need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
     need(cfg.data.eval_batch_size > 0, "data.eval_batch_size", "must be positive")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")

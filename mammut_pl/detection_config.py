@@ -35,6 +35,11 @@ class DetectionConfig:
     federated_power: float = 0.5
     # inference
     objectness_power: float = 0.5  # score = p_class^(1-a) * p_object^a
+    # F-VLM's score combination (Kuo et al. 2023; RO-ViT uses it too): final = score^(1-w) * p_vlm^w, p_vlm =
+    # the pretrained contrastive head's probability for the box's pooled backbone tokens; w per class:
+    # base (trained on) or novel (held out: LVIS' rare). 0 = off; F-VLM uses 0.35 / 0.65. Evaluation only
+    vlm_score_weight_base: float = 0.0
+    vlm_score_weight_novel: float = 0.0
     nms_iou: float = 0.5  # class-wise NMS
     score_threshold: float = 0.0
     max_detections: int = 300  # per image (LVIS' limit)
@@ -56,8 +61,9 @@ class DetectionConfig:
                 fail(key, "must be >= 0")
         if not 0 <= self.focal_alpha <= 1:
             fail("focal_alpha", "must be in [0, 1]")
-        if not 0 <= self.objectness_power <= 1:
-            fail("objectness_power", "must be in [0, 1]")
+        for key in ("objectness_power", "vlm_score_weight_base", "vlm_score_weight_novel"):
+            if not 0 <= getattr(self, key) <= 1:
+                fail(key, "must be in [0, 1]")
         if not 0 < self.nms_iou <= 1:
             fail("nms_iou", "must be in (0, 1]")
         if not 0 < self.max_detections:

@@ -10,7 +10,9 @@ from typing import Any
 import lightning as L
 from omegaconf import OmegaConf
 
-from mammut_pl.checkpoint import checkpoint_config, read_checkpoint, task_with_weights
+from mammut_pl.checkpoint import (checkpoint_config, folder_config, read_checkpoint, task_from_folder,
+                                  task_with_weights)
+from mammut_pl.model.openmammut import is_openmammut_dir
 from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.coco import KARPATHY_FILES
 from mammut_pl.runtime import build_datamodule, prepare_data
@@ -70,6 +72,15 @@ def trainer_overrides(overrides: list[str]) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.from_dotlist(given)).get("trainer", {}) if given else {}
 
 
+def eval_trainer_kwargs(out_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """The scoring Trainer's arguments: one device, full precision, no logger, unless the
+    command line says otherwise (logger / checkpointing / default_root_dir are refused by the
+    config check, naming the key)."""
+    return {"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,
+            "enable_checkpointing": False, "enable_model_summary": False,
+            "default_root_dir": str(out_dir), **trainer_overrides(overrides)}
+
+
 def default_out(ckpt: Path) -> Path:
     run_dir = ckpt.resolve().parent.parent if ckpt.parent.name == "checkpoints" else ckpt.resolve().parent
     return run_dir / "eval"
@@ -89,16 +100,20 @@ def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
     name = own["task"]
     spec = eval_spec(name)
     ckpt_path = Path(own["ckpt"])
-    ckpt = read_checkpoint(ckpt_path)
-    cfg = eval_config(checkpoint_config(ckpt, ckpt_path, overrides), own, overrides)
-    out_dir = Path(own.get("out") or default_out(ckpt_path))
-    prepare_data(cfg)
-    module, tokenizer = task_with_weights(cfg, ckpt, ckpt_path)
+    if is_openmammut_dir(ckpt_path):  # a hub folder: defaults + its architecture and weights
+        cfg = eval_config(folder_config(ckpt_path, overrides), own, overrides)
+        out_dir = Path(own.get("out") or Path("outputs") / "eval" / ckpt_path.resolve().name)
+        prepare_data(cfg)
+        module, tokenizer = task_from_folder(cfg)
+    else:
+        ckpt = read_checkpoint(ckpt_path)
+        cfg = eval_config(checkpoint_config(ckpt, ckpt_path, overrides), own, overrides)
+        out_dir = Path(own.get("out") or default_out(ckpt_path))
+        prepare_data(cfg)
+        module, tokenizer = task_with_weights(cfg, ckpt, ckpt_path)
     datamodule = build_datamodule(cfg, tokenizer)
     data = describe_data(name, own["split"], cfg, datamodule)
-    trainer = L.Trainer(**{"accelerator": "auto", "devices": 1, "precision": "32-true", "logger": False,
-                           "enable_checkpointing": False, "enable_model_summary": False,
-                           "default_root_dir": str(out_dir), **trainer_overrides(overrides)})
+    trainer = L.Trainer(**eval_trainer_kwargs(out_dir, overrides))
     tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     if not trainer.is_global_zero:  # several processes (trainer.devices=N): rank 0 writes and prints
         return {}

@@ -48,11 +48,13 @@ class _PairwiseContrastiveLoss(nn.Module):
     def pair_losses(self, logits: Tensor, positive: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def forward(self, image_embed: Tensor, text_embed: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+    def forward(self, image_embed: Tensor, text_embed: Tensor, logit_scale: Tensor, logit_bias: Tensor | None) -> Tensor:
         rank, world = _world()
         b = image_embed.shape[0]
         all_text = gather_with_grad(text_embed)  # (B, D), B = W * b
-        logits = logit_scale * image_embed @ all_text.t() + logit_bias  # (b, B): local rows, global columns
+        logits = logit_scale * image_embed @ all_text.t()  # (b, B): local rows, global columns
+        if logit_bias is not None:  # None: a model without a bias (model.logit_bias=false, openMaMMUT)
+            logits = logits + logit_bias
         positive = torch.zeros_like(logits, dtype=torch.bool)
         positive[torch.arange(b), rank * b + torch.arange(b)] = True
         # the global loss sums over all B x B pairs and divides by B; this rank holds b rows.
@@ -69,19 +71,24 @@ class SigmoidContrastiveLoss(_PairwiseContrastiveLoss):
 
 
 class FocalContrastiveLoss(_PairwiseContrastiveLoss):
-    """Focal contrastive loss (RO-ViT, used by MaMMUT): -(1 - p_t)^gamma log p_t per pair,
-    p_t = sigmoid(l) for the matching pair and 1 - sigmoid(l) otherwise. Hard pairs weigh
-    more; gamma = 0 is the sigmoid loss."""
+    """Focal contrastive loss (RO-ViT, used by MaMMUT): -w (1 - p_t)^gamma log p_t per pair,
+    p_t = sigmoid(l) for the matching pair and 1 - sigmoid(l) otherwise; w = 2 * alpha for the
+    matching pair and 2 * (1 - alpha) otherwise. Hard pairs weigh more; gamma = 0 with alpha = 0.5
+    is the sigmoid loss. Defaults are RO-ViT's reference (compute_focal_contrastive_loss in
+    google-research/fvlm/rovit): gamma 1, alpha 0.5, the x2 making both kinds of pair weigh 1."""
 
-    def __init__(self, gamma: float = 2.0) -> None:
+    def __init__(self, gamma: float = 1.0, alpha: float = 0.5) -> None:
         super().__init__()
         if gamma < 0:
             raise ValueError(f"loss.focal_gamma={gamma}: must be >= 0")
-        self.gamma = gamma
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"loss.focal_alpha={alpha}: must be in [0, 1]")
+        self.gamma, self.alpha = gamma, alpha
 
     def pair_losses(self, logits: Tensor, positive: Tensor) -> Tensor:
         log_pt = F.logsigmoid(torch.where(positive, logits, -logits))
-        return -((1 - log_pt.exp()) ** self.gamma) * log_pt
+        weight = torch.where(positive, 2 * self.alpha, 2 * (1 - self.alpha))
+        return -weight * (1 - log_pt.exp()) ** self.gamma * log_pt
 
 
 class SoftmaxContrastiveLoss(nn.Module):
@@ -151,7 +158,7 @@ def mammut_loss(out: dict[str, Tensor], contrastive: nn.Module, contrastive_weig
 CONTRASTIVE_LOSSES = {"focal": FocalContrastiveLoss, "sigmoid": SigmoidContrastiveLoss, "softmax": SoftmaxContrastiveLoss}
 
 
-def build_contrastive_loss(kind: str, focal_gamma: float = 2.0) -> nn.Module:
+def build_contrastive_loss(kind: str, focal_gamma: float = 1.0, focal_alpha: float = 0.5) -> nn.Module:
     if kind not in CONTRASTIVE_LOSSES:
         raise ValueError(f"loss.contrastive={kind!r}: expected one of {sorted(CONTRASTIVE_LOSSES)}")
-    return FocalContrastiveLoss(focal_gamma) if kind == "focal" else CONTRASTIVE_LOSSES[kind]()
+    return FocalContrastiveLoss(focal_gamma, focal_alpha) if kind == "focal" else CONTRASTIVE_LOSSES[kind]()

@@ -10,6 +10,7 @@ from typing import Any
 from mammut_pl import config as config_lib
 from mammut_pl.checkpoint import checkpoint_config, read_checkpoint, task_with_weights
 from mammut_pl.config import Config, ConfigError
+from mammut_pl.evaluation import trainer_overrides
 from mammut_pl.runtime import build_datamodule
 from mammut_pl.tasks import TASK_SPECS, task_spec
 from mammut_pl.tasks.inference import describe_inputs, image_files, video_files
@@ -19,8 +20,9 @@ from mammut_pl.tasks.registry import specs_where
 OWN_KEYS = ("ckpt", "image", "video", "question", "split", "out", "batch_size", "categories", "score_threshold")
 
 
-def predict_split(task: Any, cfg: Config, split: str, out: Path) -> Path:
-    """The official results JSON for a whole split (VQA: [{"question_id", "answer"}])."""
+def predict_split(task: Any, cfg: Config, split: str, out: Path, trainer_args: dict[str, Any] | None = None) -> Path:
+    """The official results JSON for a whole split (VQA: [{"question_id", "answer"}]).
+    trainer_args: the trainer.* keys of the command line (accelerator, devices, precision ...)."""
     import lightning as L
 
     write_split = task_spec(cfg.task).predict.write_split
@@ -30,8 +32,8 @@ def predict_split(task: Any, cfg: Config, split: str, out: Path) -> Path:
                           "captions for images: image=PATH")
     cfg.data.predict_split = split
     datamodule = build_datamodule(cfg, task.tokenizer)
-    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                        default_root_dir=str(out.parent))
+    trainer = L.Trainer(**{"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
+                           "default_root_dir": str(out.parent), **(trainer_args or {})})
     trainer.predict(task, datamodule=datamodule, return_predictions=False)
     return write_split(task.results, out)
 
@@ -82,7 +84,7 @@ def predict(own: dict[str, str], experiment: str, overrides: list[str]) -> None:
     task, _ = task_with_weights(cfg, ckpt, own["ckpt"])
     if "split" in own:
         out = Path(own.get("out") or Path(own["ckpt"]).resolve().parent.parent / f"vqa_{own['split']}_results.json")
-        path = predict_split(task, cfg, own["split"], out)
+        path = predict_split(task, cfg, own["split"], out, trainer_overrides(overrides))
         print(f"wrote {len(task.results)} answers to {path} (official VQA results format)")
         return
     run = task_spec(cfg.task).predict.run or describe_inputs

@@ -16,8 +16,10 @@ The datamodules (`data/webdata.py`, `data/coco.py`) implement `consumed` / `stat
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import pickle
 import random
 import re
@@ -38,6 +40,11 @@ TMP_MARK = ".tmp-"  # ".last.ckpt.tmp-PID": a save in progress (or killed mid-wa
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and why."""
+
+
+class DiskFullError(OSError):
+    """A checkpoint save that found no space left on the device; the message names the file.
+    The previous checkpoint of that name is untouched (saves are atomic)."""
 
 
 # --- reading checkpoints safely ----------------------------------------------------------------
@@ -124,14 +131,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
+            if _disk_full(err):
+                raise _disk_full_error(path) from None
             raise
         _fsync_dir(path.parent)
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         # always weights_only=True, whatever the caller asked for: resume never unpickles objects
         return read_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """ENOSPC / EDQUOT anywhere in the chain: torch.save reports a failed write as a RuntimeError
+    ("PytorchStreamWriter failed writing file" / "unexpected pos") whose context is the OSError."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _disk_full_error(path: Path) -> DiskFullError:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    kept = f"the previous {path.name} is kept" if path.exists() else f"no earlier {path.name} exists"
+    err = DiskFullError(f"no space left on device: cannot save checkpoint {path} ({free}); {kept}; "
+                        "free some space and resume with ckpt_path=last")
+    err.errno = errno.ENOSPC
+    return err
 
 
 def _fsync_dir(d: Path) -> None:

@@ -21,7 +21,9 @@ from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.builders import build_tokenizer_for, has_eval_data, prepare_data
 from mammut_pl.data.builders import build_datamodule as build_data
 from mammut_pl.data.tokenizer import Tokenizer
-from mammut_pl.resume import AtomicCheckpointIO, ResumeState, check_resume_checkpoint, remove_stale_temporaries
+from mammut_pl.distributed import shutdown_process_group
+from mammut_pl.resume import (AtomicCheckpointIO, DiskFullError, ResumeState, check_resume_checkpoint,
+                              remove_stale_temporaries)
 from mammut_pl.tasks import build_task, task_spec
 from mammut_pl.tasks.base import NonFiniteLossError
 from mammut_pl.tracking import check_tracking_server, log_run_start, make_logger
@@ -83,10 +85,13 @@ def build_callbacks(cfg: Config, run_dir: Path, has_val: bool) -> list[Callback]
 
 def build_trainer(cfg: Config, run_dir: Path, logger, has_val: bool,
                   extra_callbacks: list[Callback] | None = None) -> L.Trainer:
+    kwargs = config_lib.trainer_kwargs(cfg)
+    if not has_val:  # no validation data: validation is off, whatever trainer.limit_val_batches says
+        kwargs["limit_val_batches"] = 0
+    validates = has_val and kwargs.get("limit_val_batches") != 0  # trainer.limit_val_batches=0: no best.ckpt
     return L.Trainer(
-        **config_lib.trainer_kwargs(cfg), default_root_dir=str(run_dir), logger=logger if logger else False,
-        callbacks=build_callbacks(cfg, run_dir, has_val) + [ResumeState()] + list(extra_callbacks or []),
-        limit_val_batches=None if has_val else 0,
+        **kwargs, default_root_dir=str(run_dir), logger=logger if logger else False,
+        callbacks=build_callbacks(cfg, run_dir, validates) + [ResumeState()] + list(extra_callbacks or []),
         plugins=[AtomicCheckpointIO()],  # atomic saves, weights-only loads
     )
 
@@ -139,16 +144,22 @@ def error_message(err: BaseException) -> str:
 
 def cli_main(body: Callable[[], int | None]) -> int:
     """Run an entry point's body; the errors a user can act on become one `error:` line and an
-    exit code: 2 bad config / input, 1 a non-finite loss, 143 stopped by SIGTERM."""
+    exit code: 2 bad config / input, 1 a non-finite loss or a full disk, 143 stopped by SIGTERM.
+    A multi-process run (DDP) ends with every rank done before any destroys the group."""
+    done = False
     try:
-        return body() or 0
+        code = body() or 0
+        done = True
+        return code
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {error_message(err)}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, DiskFullError) as err:  # disk full: the previous last.ckpt is kept
         print(f"error: {err}", file=sys.stderr)
         return 1
     except SIGTERMException:  # ResumeState saved last.ckpt at the step where it stopped
         print("stopped by SIGTERM; last.ckpt holds the last finished step: resume with ckpt_path=last",
               file=sys.stderr)
         return 128 + 15
+    finally:  # see distributed.py: Lightning's atexit teardown has no barrier
+        shutdown_process_group(wait=done)

@@ -64,3 +64,26 @@ def test_flatten_for_mlflow():
     assert flat["model.width"] == 192 and flat["trainer.max_steps"] == 1500
     assert all("." in k or k in {"experiment", "task", "seed", "ckpt_path", "output_dir", "print_config",
                                  "checkpoint_every_n_steps"} for k in flat)
+
+
+# every group's typed defaults are valid together: each task with only the switches that select it
+TASK_SELECTORS = {
+    "pretrain": [], "captioning": ["data.name=coco"], "vqa": ["data.name=vqav2"],
+    "video_qa": ["data.name=msrvtt"], "video_captioning": ["data.name=msrvtt"], "detection": ["data.name=lvis"],
+}
+
+
+@pytest.mark.parametrize("task", C.TASKS)
+def test_typed_defaults_of_every_task_validate(task):
+    cfg = C.load("", [f"task={task}", *TASK_SELECTORS[task]])
+    assert cfg.task == task
+
+
+def test_typed_video_defaults_are_tubevits_clip():
+    """32 frames, one 2D frame (stride 32) and the three tubes, each yielding tubes (the clip check)."""
+    cfg = C.load("", ["task=video_qa", "data.name=msrvtt"])
+    v = cfg.video
+    assert (v.num_frames, v.frame_stride, v.frame_indices(v.num_frames)) == (32, 32, [0])
+    assert all(0 not in s.grid(v.num_frames, cfg.model.image_size, cfg.model.image_size) for s in v.specs)
+    with pytest.raises(C.ConfigError, match="16x4x4"):  # the old default clip length is refused
+        C.load("", ["task=video_qa", "data.name=msrvtt", "video.num_frames=16"])

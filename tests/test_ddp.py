@@ -5,7 +5,6 @@ written once when several processes (DDP ranks, sweep workers) ask for it at the
 
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -14,8 +13,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from conftest import free_port
 
 pytestmark = pytest.mark.ddp
 SHARD_SIZES = (2, 3, 4, 5, 6)  # uneven on purpose: rank 0 gets shards 0, 2, 4 (12 samples), rank 1 8
@@ -49,14 +46,18 @@ def _captions(items):
     return {"captions": [it["caption"] for it in items], "skipped": sum(it["skipped"] for it in items)}
 
 
-def _rank_main(rank, world, port, urls, out):
-    import torch.distributed as dist
+def _rank_main(rank, world, urls, out):
+    from ddp_group import gloo_group
+
+    with gloo_group(rank, world, out):
+        _rank_batches(rank, urls, out)
+
+
+def _rank_batches(rank, urls, out):
     from torch.utils.data import DataLoader
 
     from mammut_pl.data.webdata import WebDataModule, WebPairStream
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     got = {}
     for mode, resampled, batch_size in (("disjoint", False, 1), ("resampled", True, 2)):
         stream = WebPairStream(urls, _no_transform, _captions, batch_size, shuffle_buffer=4, seed=0,
@@ -66,13 +67,12 @@ def _rank_main(rank, world, port, urls, out):
         loader = DataLoader(stream, batch_size=None, num_workers=2, persistent_workers=True,
                             multiprocessing_context="fork" if resampled else None)
         got[mode] = [[b["captions"] for b in loader] for _ in range(2)]  # two epochs
+        del loader  # its persistent workers are stopped and joined now, before the group goes, not at exit
     try:  # fewer shards than ranks, not resampled: refused before any rank waits forever
         WebDataModule(str(Path(urls[0]).parent), None, 8, 8, shards=Path(urls[0]).name).train_dataloader()
     except ValueError as err:
         got["refused"] = str(err)
     Path(out, f"rank{rank}.json").write_text(json.dumps(got))
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def ranks(tmp_path_factory) -> list[dict]:
 
     tmp = tmp_path_factory.mktemp("ranks")
     urls = write_shards(tmp / "shards")
-    mp.spawn(_rank_main, args=(2, free_port(), urls, str(tmp)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, urls, str(tmp)), nprocs=2, join=True)
     return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -178,6 +178,27 @@ def test_evaluate_detection_equals_lvis_eval_of_its_results(world, ckpts, tmp_pa
     assert "LVIS box AP" in out and f"results JSON: {results_path}" in out
 
 
+def test_evaluate_detection_test_file_alone(world, ckpts, tmp_path):
+    """detection.test_file= alone scores that file (no lvis_v1_val.json needed), with its own categories:
+    a v0.5-style copy of the val file lacking the last category (and its boxes)."""
+    root = tmp_path / "lvis05"
+    shutil.copytree(world / "lvis", root)
+    gt = json.loads((root / "lvis_v1_val.json").read_text())
+    dropped = max(c["id"] for c in gt["categories"])
+    gt["categories"] = [c for c in gt["categories"] if c["id"] != dropped]
+    gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] != dropped]
+    (root / "lvis_v0.5_val.json").write_text(json.dumps(gt))
+    (root / "lvis_v1_val.json").unlink()
+    assert evaluate.main(["task=detection", f"ckpt={ckpts['detection']}", f"data.root={root}",
+                          "detection.test_file=lvis_v0.5_val.json", f"out={tmp_path}", *QUIET]) == 0
+    report = json.loads((tmp_path / "detection_lvis_test.json").read_text())
+    assert report["annotation_file"] == "lvis_v0.5_val.json" and report["categories"] == len(gt["categories"])
+    results = json.loads((tmp_path / "lvis_v0.5_val_results.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {c["id"] for c in gt["categories"]}
+    want = lvis_eval(root / "lvis_v0.5_val.json", results)
+    assert report["metrics"]["AP"] == pytest.approx(want["AP"], abs=1e-6)
+
+
 @pytest.mark.parametrize("task, kind, message", [
     ("detection", "videoqa", ["task=detection scores a detection checkpoint", "task=video_qa", "task=videoqa"]),
     ("videoqa", "detection", ["task=videoqa scores a video_qa checkpoint", "task=detection"]),

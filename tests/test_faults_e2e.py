@@ -58,19 +58,35 @@ def last_ckpt(out: Path) -> Path:
 RUN = ["trainer.max_steps=12", "checkpoint_every_n_steps=2", "trainer.val_check_interval=4", "model.dropout=0.1"]
 
 
-def signal_after_first_checkpoint(victims: list[tuple[subprocess.Popen, Path, int]]) -> None:
-    """Send each process its signal as soon as its first last.ckpt exists."""
-    deadline, waiting = time.time() + 600, list(victims)
-    while waiting:
-        for v in list(waiting):
-            proc, out, sig = v
-            if list(out.glob("demo/*/checkpoints/last.ckpt")):
-                proc.send_signal(sig)
-                waiting.remove(v)
-            else:
-                assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() < deadline
-        time.sleep(0.01)
+# The victim signals itself at the first training batch that starts after its first last.ckpt is on
+# disk: an event of the run, not a moment seen by a polling test, so a busy machine can neither let
+# the run finish first nor move the step it stops at.
+VICTIM = """
+import os, sys
+from pathlib import Path
+from lightning.pytorch.callbacks import Callback
+from mammut_pl import fit, runtime
+
+class SignalAfterFirstCheckpoint(Callback):
+    def __init__(self, sig):
+        self.sig, self.sent = sig, False
+
+    def on_train_batch_start(self, trainer, *args):
+        if not self.sent and (Path(trainer.checkpoint_callback.dirpath) / "last.ckpt").is_file():
+            self.sent = True
+            os.kill(os.getpid(), self.sig)
+
+sig = int(sys.argv[1])
+make = runtime.build_callbacks
+runtime.build_callbacks = lambda *a, **k: make(*a, **k) + [SignalAfterFirstCheckpoint(sig)]
+sys.exit(fit.main(sys.argv[2:]))
+"""
+
+
+def start_victim(argv: list[str], cwd: Path, sig: int) -> subprocess.Popen:
+    """`fit` that sends itself `sig` at the first step after its first checkpoint."""
+    return subprocess.Popen([sys.executable, "-c", VICTIM, str(int(sig)), *argv], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def same_training_state(a: dict, b: dict) -> list[str]:
@@ -84,24 +100,24 @@ def same_training_state(a: dict, b: dict) -> list[str]:
 
 
 def test_kill_then_resume_equals_the_uninterrupted_run(tmp_path, world, capsys):
-    """kill -9 right after a checkpoint (or during the next save) and SIGTERM (preemption: saves
+    """kill -9 in the step after a checkpoint and SIGTERM (preemption: saves
     where it stops), then ckpt_path=last: the final weights, optimizer, scheduler and data position
     equal an uninterrupted run's, and the SIGKILLed run goes on in the same MLflow run."""
     db = tmp_path / "mlflow.db"
     ref = start(args(world, tmp_path / "ref", *RUN, val=True), tmp_path)  # uninterrupted, alongside
     kill9_args = args(world, tmp_path / "kill9", *RUN, val=True, mlflow_db=db)
     term_args = args(world, tmp_path / "term", *RUN, "checkpoint_every_n_steps=5", val=True)
-    kill9, term = start(kill9_args, tmp_path), start(term_args, tmp_path)
-    # kill -9 right after the first checkpoint (step 2); SIGTERM after the first one at step 5
-    signal_after_first_checkpoint([(kill9, tmp_path / "kill9", signal.SIGKILL),
-                                   (term, tmp_path / "term", signal.SIGTERM)])
-    kill9.communicate()
-    _, term_err = term.communicate()
-    assert kill9.returncode == -signal.SIGKILL
+    # kill -9 in the step after the first checkpoint (step 2); SIGTERM in the step after the one at step 5
+    kill9 = start_victim(kill9_args, tmp_path, signal.SIGKILL)
+    term = start_victim(term_args, tmp_path, signal.SIGTERM)
+    _, kill9_err = kill9.communicate(timeout=900)
+    _, term_err = term.communicate(timeout=900)
+    assert kill9.returncode == -signal.SIGKILL, kill9_err[-3000:]
     assert term.returncode == 128 + 15, term_err[-3000:]
     killed_at = read_checkpoint(last_ckpt(tmp_path / "kill9"))["global_step"]
     termed_at = read_checkpoint(last_ckpt(tmp_path / "term"))["global_step"]
-    assert 2 <= killed_at < 12 and 5 <= termed_at < 12
+    # killed while step 3 ran: step 2's checkpoint; SIGTERM in step 6: Lightning ends that step, saves
+    assert (killed_at, termed_at) == (2, 6)
     assert f"SIGTERM: saved {last_ckpt(tmp_path / 'term')} at global step {termed_at}" in term_err
 
     resumed = [start([*a, "ckpt_path=last"], tmp_path) for a in (kill9_args, term_args)]

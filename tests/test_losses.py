@@ -2,7 +2,7 @@
 (gloo) run equal to one process on the concatenated batch."""
 
 import math
-import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +10,6 @@ import torch.nn.functional as F
 
 from mammut_pl.losses import (CaptionLoss, FocalContrastiveLoss, SigmoidContrastiveLoss, global_batch_mean,
                               SoftmaxContrastiveLoss, build_contrastive_loss)
-
-from conftest import free_port
 
 
 def embeds(B=6, D=8, seed=0):
@@ -48,6 +46,44 @@ def test_focal_downweights_easy_pairs():
     pos = torch.tensor([[False]])
     easy = loss.pair_losses(logits, pos).item()
     assert easy < 1e-6 < SigmoidContrastiveLoss().pair_losses(logits, pos).item()
+
+
+def rovit_focal_reference(logits, alpha=0.5, gamma=1.0):
+    """RO-ViT's compute_focal_contrastive_loss (google-research fvlm/rovit), transcribed in plain
+    Python from its formula: targets = the diagonal, stable sigmoid cross-entropy
+    max(l, 0) - l * y + log(1 + exp(-|l|)), modulator exp(gamma * y * (-l) - gamma * softplus(-l)),
+    2 * (alpha if y else 1 - alpha) weights, summed (no normalisation)."""
+    softplus = lambda z: max(z, 0.0) + math.log1p(math.exp(-abs(z)))  # noqa: E731
+    total = 0.0
+    for i, row in enumerate(logits):
+        for j, l in enumerate(row):
+            y = 1.0 if i == j else 0.0
+            ce = max(l, 0.0) - l * y + math.log(1 + math.exp(-abs(l)))
+            modulator = math.exp(gamma * y * -l - gamma * softplus(-l))
+            total += 2 * (alpha if y == 1.0 else 1 - alpha) * modulator * ce
+    return total
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.5, 1.0), (0.25, 2.0), (0.7, 0.0)])
+def test_focal_matches_rovit_reference_formula(alpha, gamma):
+    """The suite's loss = the reference's sum over the B x B pairs / B (the suite normalises by B)."""
+    img, txt = embeds(B=3, D=4, seed=3)
+    s, b = torch.tensor(5.0), torch.tensor(-2.0)
+    logits = (s * img @ txt.t() + b).tolist()
+    got = FocalContrastiveLoss(gamma, alpha)(img, txt, s, b)
+    assert got.item() == pytest.approx(rovit_focal_reference(logits, alpha, gamma) / 3, rel=1e-5)
+
+
+def test_focal_default_is_rovit_reference():
+    """Defaults (typed config and the builder): gamma 1, alpha 0.5, as RO-ViT's reference."""
+    from mammut_pl.config import LossConfig
+
+    assert (LossConfig().focal_gamma, LossConfig().focal_alpha) == (1.0, 0.5)
+    loss = build_contrastive_loss("focal")
+    logits = [[1.5, -0.5], [0.3, 2.0]]  # by hand: 2 x 2 logits given directly to pair_losses
+    pos = torch.eye(2, dtype=torch.bool)
+    got = loss.pair_losses(torch.tensor(logits), pos).sum().item()
+    assert got == pytest.approx(rovit_focal_reference(logits), rel=1e-5)
 
 
 def test_sigmoid_matches_open_clip():
@@ -88,11 +124,16 @@ def test_unknown_loss_named():
 
 
 # --- data parallel: 2 gloo ranks == 1 process on the concatenated batch -----------------------
-def _rank_main(rank, world, port, kind, out):
+def _rank_main(rank, world, kind, out):
+    from ddp_group import gloo_group
+
+    with gloo_group(rank, world, Path(out).parent):
+        _two_rank_loss(rank, world, kind, out)
+
+
+def _two_rank_loss(rank, world, kind, out):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     proj = torch.nn.Linear(8, 8)  # a shared "model": gradients are what DDP averages
     scale = torch.nn.Parameter(torch.tensor(5.0))
@@ -111,7 +152,6 @@ def _rank_main(rank, world, port, kind, out):
     dist.all_reduce(value)
     if rank == 0:
         torch.save({"loss": value / world, "grads": grads}, out)
-    dist.destroy_process_group()
 
 
 @pytest.mark.ddp
@@ -120,7 +160,7 @@ def test_two_ranks_equal_one_process(kind, tmp_path):
     import torch.multiprocessing as mp
 
     out = tmp_path / "ddp.pt"
-    mp.spawn(_rank_main, args=(2, free_port(), kind, str(out)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, kind, str(out)), nprocs=2, join=True)
     got = torch.load(out)
     # one process, whole batch
     torch.manual_seed(0)
@@ -137,13 +177,18 @@ def test_two_ranks_equal_one_process(kind, tmp_path):
         torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
 
 
-def _token_mean_rank_main(rank, world, port, out):
+def _token_mean_rank_main(rank, world, out):
     """Rank r holds a different number of answer/caption tokens (3 vs 7): the DDP-averaged
     gradient of global_batch_mean must be the gradient of the mean over all 10 tokens."""
+    from ddp_group import gloo_group
+
+    with gloo_group(rank, world, Path(out).parent):
+        _token_mean(rank, world, out)
+
+
+def _token_mean(rank, world, out):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     head = torch.nn.Linear(4, 5)
     x, y = torch.randn(10, 4), torch.randint(0, 5, (10,))
@@ -155,7 +200,6 @@ def _token_mean_rank_main(rank, world, port, out):
         g /= world
     if rank == 0:
         torch.save([head.weight.grad, head.bias.grad], out)
-    dist.destroy_process_group()
 
 
 @pytest.mark.ddp
@@ -163,7 +207,7 @@ def test_token_mean_over_uneven_ranks_equals_the_global_mean(tmp_path):
     import torch.multiprocessing as mp
 
     out = tmp_path / "ddp.pt"
-    mp.spawn(_token_mean_rank_main, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_token_mean_rank_main, args=(2, str(out)), nprocs=2, join=True)
     got = torch.load(out)
     torch.manual_seed(0)
     head = torch.nn.Linear(4, 5)

@@ -302,7 +302,7 @@ def test_generate_rejects_overlong_prompt():
 
 # --- cropped positional embeddings -------------------------------------------------------------
 def test_cpe_only_in_training_and_only_when_enabled():
-    m = make(cropped_pos_embed=True)
+    m = make(cropped_pos_embed=True, cpe_grid=8)
     img = images(2)
     torch.testing.assert_close(m.encode_image(img), m.encode_image(img))  # eval: deterministic
     m.train()
@@ -310,6 +310,12 @@ def test_cpe_only_in_training_and_only_when_enabled():
     assert not torch.allclose(a, b)  # random crops
     m2 = make(cropped_pos_embed=False).train()
     torch.testing.assert_close(m2.encode_image(img), m2.encode_image(img))
+
+
+def test_cpe_grid_zero_outside_the_loader_is_refused():
+    m = make(cropped_pos_embed=True).train()  # cpe_grid=0: derived by the config loader only
+    with pytest.raises(ValueError, match="model.cpe_grid=0"):
+        m.encode_image(images(1))
 
 
 def test_cpe_full_crop_is_upsample_then_resize(monkeypatch):
@@ -328,11 +334,11 @@ def test_cpe_crop_region_matches_manual_crop(monkeypatch):
     """A quarter-area crop in the top-left corner equals slicing the upsampled grid."""
     m = make(cropped_pos_embed=True, cpe_grid=8, cpe_scale_min=0.25, cpe_scale_max=0.25,
              cpe_ratio_min=1.0, cpe_ratio_max=1.0)
-    monkeypatch.setattr(torch, "rand", lambda n, device=None: torch.zeros(n))  # -> centre at -(1-w)
+    monkeypatch.setattr(torch, "rand", lambda n, device=None: torch.zeros(n))  # -> corner at (0, 0)
     got = m.visual.cropped_pos_embed(1)[0]  # (2, 2, C)
     pos = m.visual.grid_pos_embed().permute(0, 3, 1, 2)
     big = F.interpolate(pos, size=(8, 8), mode="bilinear", align_corners=False)
-    # rand=0 maps to centre -(1-w) = -0.5: the crop covers the top-left 4x4 of the 8x8 grid
+    # rand=0 puts the crop's corner at (0, 0): it covers the top-left 4x4 of the 8x8 grid
     ref = F.interpolate(big[:, :, :4, :4], size=(2, 2), mode="bilinear", align_corners=False)
     torch.testing.assert_close(got, ref[0].permute(1, 2, 0), atol=1e-5, rtol=1e-5)
 

@@ -28,6 +28,7 @@ def prepare_data(cfg: Config) -> None:
 
 def build_tokenizer_for(cfg: Config) -> Tokenizer:
     """The tokenizer decides the model's vocabulary and special token ids (set in cfg.model)."""
+    adopt_openmammut_architecture(cfg)
     tok = build_tokenizer(cfg.data.tokenizer)
     ids = dict(vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
     changed = {k: v for k, v in ids.items() if getattr(cfg.model, k) != v}
@@ -36,6 +37,22 @@ def build_tokenizer_for(cfg: Config) -> Tokenizer:
                  cfg.data.tokenizer)
         cfg.model = dataclasses.replace(cfg.model, **ids)
     return tok
+
+
+def adopt_openmammut_architecture(cfg: Config) -> None:
+    """model.init_from=<openMaMMUT folder>: the model architecture is the folder's (CLIP BPE only)."""
+    from mammut_pl.model.openmammut import architecture_of, is_openmammut_dir
+
+    folder = cfg.model.init_from
+    if not is_openmammut_dir(folder):
+        return
+    if cfg.data.tokenizer != "clip":
+        raise ConfigError(f"`data.tokenizer`: {cfg.data.tokenizer!r}, but model.init_from={folder} is an "
+                          "openMaMMUT folder, trained with CLIP BPE: set data.tokenizer=clip")
+    arch = architecture_of(folder)
+    log.info("model.init_from=%s is an openMaMMUT folder: the model architecture (model.%s) is taken from its "
+             "open_clip_config.json, replacing the experiment's", folder, ", model.".join(sorted(arch)))
+    cfg.model = dataclasses.replace(cfg.model, **arch)
 
 
 def _common(cfg: Config, tokenizer: Tokenizer) -> dict[str, Any]:

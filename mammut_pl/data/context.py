@@ -18,7 +18,7 @@ class EvalContext:
     majority_answer: Callable[[], str] | None = None  # the most frequent training answer (the baseline)
     answer_vocabulary: Callable[[], list[str]] | None = None  # MSRVTT-QA: the top-K training answers
     # detection (LVIS)
-    categories: Callable[[], list[dict[str, Any]]] | None = None  # every category, evaluation order
+    categories_of: Callable[[str], list[dict[str, Any]]] | None = None  # annotation file -> its categories
     train_categories: Callable[[], list[dict[str, Any]]] | None = None  # the training (base) vocabulary
     train_class_image_counts: Callable[[], list[int]] | None = None  # training images per train category
     val_file: str = ""  # annotation files scored at validation / test

@@ -292,8 +292,13 @@ class LVISDataModule(ResumableTrainData, L.LightningDataModule):
 
     @property
     def categories(self) -> list[dict[str, Any]]:
-        """Every category (sorted by id): the evaluation vocabulary."""
+        """Every category (sorted by id) of val_file: the validation vocabulary."""
         return self.split(self.val_file).categories
+
+    def categories_of(self, filename: str) -> list[dict[str, Any]]:
+        """The vocabulary an annotation file is scored with: its own categories (a v0.5 test file
+        has other ids than a v1 val file)."""
+        return self.split(filename).categories
 
     @property
     def train_categories(self) -> list[dict[str, Any]]:
@@ -312,7 +317,7 @@ class LVISDataModule(ResumableTrainData, L.LightningDataModule):
         return counts
 
     def eval_context(self) -> EvalContext:
-        return EvalContext(categories=lambda: self.categories, train_categories=lambda: self.train_categories,
+        return EvalContext(categories_of=self.categories_of, train_categories=lambda: self.train_categories,
                            train_class_image_counts=self.train_class_image_counts, val_file=self.val_file,
                            test_file=self.test_file, eval_gt=self.eval_gt)
 

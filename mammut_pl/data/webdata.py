@@ -17,7 +17,6 @@ would have produced (same num_workers, batch size and shards; see README "Reliab
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 import urllib.request
@@ -29,12 +28,12 @@ import braceexpand
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from mammut_pl.data.coco import PairCollator
+from mammut_pl.data.images import open_rgb
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import image_transform
 from mammut_pl.resume import derive_seed, lightning_epoch, seeded
@@ -127,11 +126,8 @@ def decode_sample(sample: dict[str, Any], transform) -> tuple[Any, str]:
     caption = sample["txt"].decode("utf-8").strip()
     if not caption:
         raise ValueError("empty caption")
-    with Image.open(io.BytesIO(sample[key])) as img:
-        if img.width * img.height > MAX_PIXELS:
-            raise ValueError(f"image of {img.width}x{img.height} pixels is larger than {MAX_PIXELS}")
-        img.load()
-        return transform(img.convert("RGB")), caption
+    # no EXIF rotation: open_clip's convention for shards (see data/images.py)
+    return transform(open_rgb(sample[key], max_pixels=MAX_PIXELS, name=f".{key}")), caption
 
 
 class WebPairStream(IterableDataset):

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PLACEMENTS = ("interleave", "top", "bottom")
-IMAGE_POOLS = ("avg", "token")
+IMAGE_POOLS = ("avg", "token", "avg_all")  # avg_all: mean over every token, class token included
+TEXT_POOLS = ("mean", "mean_all")
+IMAGE_TO_TEXT = ("linear_ln", "matrix")
+MLP_ACTS = ("gelu_tanh", "gelu")
 
 
 @dataclass
@@ -16,7 +19,10 @@ class MaMMUTConfig:
     encoder: str = "vit_base_patch16_224"  # any timm ViT name; "test_vit" for tests
     image_size: int = 224  # input resolution (square), must be a multiple of the patch size
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {patch_size: 8, depth: 4}
-    image_pool: str = "avg"  # contrastive image embedding: mean of patch tokens or the class token
+    image_pool: str = "avg"  # contrastive image embedding: "avg" (patch tokens), "token" (class) or "avg_all"
+    final_ln_after_pool: bool = False  # True: the encoder's final LayerNorm runs on the pooled vector
+    # (open_clip's ln_post after pooling); the image tokens are then the raw last-block output
+    image_to_text: str = "linear_ln"  # image tokens -> cross-attn memory: Linear+LayerNorm, or a bare "matrix"
     # --- text decoder: N layers, cross-attention in M of them ---
     width: int = 512  # decoder hidden size
     depth: int = 12  # N, number of decoder layers
@@ -24,6 +30,17 @@ class MaMMUTConfig:
     mlp_ratio: float = 4.0
     num_cross_attn: int = 6  # M, decoder layers that attend to the image in the generative pass
     cross_attn_placement: Any = "interleave"  # "interleave" | "top" | "bottom" | list of layer indices
+    cross_attn_ratio: int = 0  # >0: openMaMMUT placement, after layers 0, s, 2s, ... (s = depth // (depth // ratio));
+    # sets num_cross_attn = depth // ratio
+    cross_attn_block: bool = False  # True: cross-attention is its own residual block after the layer's
+    # self-attention (+MLP), with a LayerNorm on the image side and its own MLP (openMaMMUT)
+    has_mlp: bool = True  # False: layers followed by a cross-attention block have no MLP (needs cross_attn_block)
+    mlp_act: str = "gelu_tanh"  # "gelu_tanh" (approximate) or exact "gelu" (openMaMMUT)
+    text_pool: str = "mean"  # contrastive pass: "mean" masks padding (attention + pooling); "mean_all"
+    # masks nothing and averages all context positions, padding included (openMaMMUT)
+    separate_final_ln: bool = True  # one final LayerNorm per pass (a choice, not in the paper) or one shared
+    text_proj: bool = True  # a linear text projection width -> embed_dim (a choice); False needs width == embed_dim
+    tie_lm_head: bool = True  # vocabulary projection tied to the token embedding; False: own matrix, no bias
     vocab_size: int = 49408  # set from the tokenizer by the suite
     context_length: int = 77  # max tokens per text, incl. begin/end tokens
     pad_id: int = 0  # the suite sets pad/bos/eos ids from the tokenizer
@@ -34,10 +51,11 @@ class MaMMUTConfig:
     embed_dim: int = 512  # joint image-text embedding size
     init_logit_scale: float = math.log(10.0)  # SigLIP init; CLIP uses log(1/0.07)
     init_logit_bias: float = -10.0  # SigLIP init; unused by the softmax loss
+    logit_bias: bool = True  # a learned contrastive logit bias (SigLIP); openMaMMUT has none
     max_logit_scale: float = math.log(100.0)
     # --- cropped positional embeddings (RO-ViT), used in pretraining only ---
     cropped_pos_embed: bool = False
-    cpe_grid: int = 64  # upsampled grid (tokens per side), e.g. 1024 px / 16
+    cpe_grid: int = 0  # upsampled grid (tokens per side); 0 = the config loader derives detection.image_size / patch
     cpe_scale_min: float = 0.1  # crop area range, as a fraction of the upsampled grid
     cpe_scale_max: float = 1.0
     cpe_ratio_min: float = 0.5  # crop aspect-ratio range
@@ -54,6 +72,7 @@ class MaMMUTConfig:
             fail("heads", f"must divide model.width={self.width}")
         if (self.width // self.heads) % 2:
             fail("heads", "head size (width / heads) must be even")
+        self._check_choices(fail)  # derives num_cross_attn from cross_attn_ratio
         if not 0 <= self.num_cross_attn <= self.depth:
             fail("num_cross_attn", f"must be between 0 and model.depth={self.depth} (M <= N)")
         if self.context_length < 3:
@@ -77,10 +96,29 @@ class MaMMUTConfig:
         self.cross_attn_placement = _as_placement(self.cross_attn_placement)
         self.cross_attn_layers  # raises with the key named if inconsistent
 
+    def _check_choices(self, fail: Any) -> None:
+        for key, allowed in (("text_pool", TEXT_POOLS), ("image_to_text", IMAGE_TO_TEXT), ("mlp_act", MLP_ACTS)):
+            if getattr(self, key) not in allowed:
+                fail(key, f"must be one of {allowed}")
+        if not isinstance(self.cross_attn_ratio, int) or not 0 <= self.cross_attn_ratio <= self.depth:
+            fail("cross_attn_ratio", f"must be 0 (off) or an integer in [1, model.depth={self.depth}]")
+        if self.cross_attn_ratio:
+            self.num_cross_attn = self.depth // self.cross_attn_ratio  # derived, as open_clip does
+        if not self.has_mlp and not self.cross_attn_block:
+            fail("has_mlp", "False needs model.cross_attn_block=True (the cross-attention block has the MLP)")
+        if not self.text_proj and self.width != self.embed_dim:
+            fail("text_proj", f"False needs model.width ({self.width}) == model.embed_dim ({self.embed_dim})")
+
     @property
     def cross_attn_layers(self) -> tuple[int, ...]:
         """Indices (0 = first decoder layer) of the M layers that hold cross-attention."""
         n, m, placement = self.depth, self.num_cross_attn, self.cross_attn_placement
+        if self.cross_attn_ratio:  # open_clip's MultimodalTransformer: every `step`-th layer from 0
+            layers = tuple(range(0, n, n // m)) if m else ()
+            if len(layers) != m:  # open_clip asserts the same
+                raise ValueError(f"model.cross_attn_ratio={self.cross_attn_ratio}: model.depth={n} gives "
+                                 f"{len(layers)} cross-attention layers {layers}, not depth // ratio = {m}")
+            return layers
         if isinstance(placement, list):
             if len(placement) != m:
                 raise ValueError(
@@ -145,3 +183,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "b16": dict(encoder="vit_base_patch16_224", image_size=224, width=512, depth=12, heads=8,
                 num_cross_attn=6, context_length=77, embed_dim=512),
 }
+
+# openMaMMUT (LAION's open_clip fork, model_configs/mammut_ViT-*.json): CLIP-style timm ViT towers,
+# separate cross-attention blocks after every 2nd decoder layer, no text projection, untied LM head.
+OPENMAMMUT = dict(image_size=224, image_pool="avg_all", final_ln_after_pool=True, image_to_text="matrix",
+                  cross_attn_ratio=2, cross_attn_block=True, mlp_act="gelu", text_pool="mean_all",
+                  separate_final_ln=False, text_proj=False, tie_lm_head=False, logit_bias=False,
+                  init_logit_scale=math.log(1 / 0.07), vocab_size=49408, context_length=77,
+                  pad_id=0, bos_id=49406, eos_id=49407)
+PRESETS.update({
+    "openmammut-B-32": dict(OPENMAMMUT, encoder="vit_base_patch32_clip_224", width=512, depth=12, heads=8,
+                            embed_dim=512, has_mlp=False),
+    "openmammut-B-16": dict(OPENMAMMUT, encoder="vit_base_patch16_clip_224", width=768, depth=12, heads=12,
+                            embed_dim=768),
+    "openmammut-L-14": dict(OPENMAMMUT, encoder="vit_large_patch14_clip_224", width=768, depth=12, heads=12,
+                            embed_dim=768),
+    "openmammut-H-14": dict(OPENMAMMUT, encoder="vit_huge_patch14_clip_224", width=1024, depth=24, heads=16,
+                            embed_dim=1024),
+})

@@ -47,11 +47,21 @@ class Packing:
     """
 
     def __init__(self, tokens: Tensor, pad_id: int) -> None:
-        B, T = tokens.shape
         nonpad = tokens != pad_id
         # real = at or before the last non-padding token of the row
-        real = nonpad.flip(1).cummax(1).values.flip(1).flatten()  # (B*T,)
-        self.batch, self.length = B, T
+        self._build(nonpad.flip(1).cummax(1).values.flip(1))
+
+    @classmethod
+    def of(cls, real: Tensor) -> Packing:
+        """From a (B, T) bool mask of the positions to keep."""
+        packing = cls.__new__(cls)
+        packing._build(real)
+        return packing
+
+    def _build(self, real: Tensor) -> None:
+        self.batch, self.length = real.shape
+        self.mask = real  # (B, T) bool
+        real = real.flatten()  # (B*T,)
         self.index = real.nonzero().squeeze(1)  # (N,) flat positions b * T + t
         self.row = real.cumsum(0) - 1  # flat position -> packed row (valid where real)
 
@@ -119,11 +129,15 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Text queries attend to image tokens; keys/values can be computed once per image."""
+    """Text queries attend to image tokens; keys/values can be computed once per image.
 
-    def __init__(self, width: int, heads: int, dropout: float) -> None:
+    norm_kv: a LayerNorm on the image tokens first (openMaMMUT's `ln_1_kv`, one per block).
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float, norm_kv: bool = False) -> None:
         super().__init__()
         self.heads = heads
+        self.ln_kv = nn.LayerNorm(width) if norm_kv else None
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(width, 2 * width)
         self.proj = nn.Linear(width, width)
@@ -131,6 +145,8 @@ class CrossAttention(nn.Module):
 
     def memory(self, image_tokens: Tensor) -> tuple[Tensor, Tensor]:
         """(B, S, W) image tokens -> keys, values (B, h, S, hd)."""
+        if self.ln_kv is not None:
+            image_tokens = self.ln_kv(image_tokens)
         k, v = self.kv(image_tokens).chunk(2, dim=-1)
         return _split_heads(k, self.heads), _split_heads(v, self.heads)
 
@@ -145,44 +161,73 @@ class CrossAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, width: int, hidden: int, dropout: float) -> None:
+    def __init__(self, width: int, hidden: int, dropout: float, act: str = "gelu_tanh") -> None:
         super().__init__()
         self.fc = nn.Linear(width, hidden)
         self.proj = nn.Linear(hidden, width)
         self.drop = nn.Dropout(dropout)
+        self.approximate = "tanh" if act == "gelu_tanh" else "none"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class DecoderLayer(nn.Module):
-    """Pre-LN block: self-attention, [cross-attention], MLP."""
+    """Pre-LN layer, one forward for every path (plain, packed, cached).
+
+    Paper (cross_attn_block=False): self-attention, [cross-attention], MLP; the MLP
+    runs in both passes.
+    openMaMMUT (cross_attn_block=True): self-attention, MLP (none if has_mlp=False),
+    then a cross-attention block (image-side LayerNorm, cross-attention, its own
+    MLP) that the contrastive pass skips whole.
+    """
 
     def __init__(self, config: MaMMUTConfig, has_cross_attn: bool) -> None:
         super().__init__()
-        w = config.width
+        w, hidden, heads, p = config.width, int(config.width * config.mlp_ratio), config.heads, config.dropout
         self.ln_self = nn.LayerNorm(w)
-        self.self_attn = SelfAttention(w, config.heads, config.dropout)
+        self.self_attn = SelfAttention(w, heads, p)
         self.has_cross_attn = has_cross_attn
+        self.cross_block = has_cross_attn and config.cross_attn_block
         if has_cross_attn:
             self.ln_cross = nn.LayerNorm(w)
-            self.cross_attn = CrossAttention(w, config.heads, config.dropout)
-        self.ln_mlp = nn.LayerNorm(w)
-        self.mlp = MLP(w, int(w * config.mlp_ratio), config.dropout)
+            self.cross_attn = CrossAttention(w, heads, p, norm_kv=config.cross_attn_block)
+        if self.cross_block:
+            self.ln_cross_mlp = nn.LayerNorm(w)
+            self.cross_mlp = MLP(w, hidden, p, config.mlp_act)
+        self.mlp: MLP | None = None
+        if config.has_mlp or not self.cross_block:
+            self.ln_mlp = nn.LayerNorm(w)
+            self.mlp = MLP(w, hidden, p, config.mlp_act)
 
     def forward(
         self,
-        x: Tensor,
-        attn_mask: Tensor | None = None,
+        x: Tensor,  # (B, T, W), or (N, W) rows with `packing`
+        attn_mask: Tensor | None = None,  # bool (B, 1, T, S), True = may attend
         is_causal: bool = False,
         memory: tuple[Tensor, Tensor] | None = None,  # None = cross-attention off
         cache: LayerCache | None = None,
         cache_pos: int = 0,
+        packing: Packing | None = None,  # the layout of x's rows for self-attention
+        cross_from: int = 0,  # only rows x[cross_from:] cross-attend (packed: the caption rows)
+        cross_packing: Packing | None = None,  # the layout of those rows
     ) -> Tensor:
-        x = x + self.self_attn(self.ln_self(x), attn_mask, is_causal, cache, cache_pos)
-        if memory is not None and self.has_cross_attn:
-            x = x + self.cross_attn(self.ln_cross(x), memory)
-        return x + self.mlp(self.ln_mlp(x))
+        x = x + self.self_attn(self.ln_self(x), attn_mask, is_causal, cache, cache_pos, packing)
+        cross = memory is not None and self.has_cross_attn
+        if cross and not self.cross_block:
+            x = self._cross(x, memory, cross_from, cross_packing)
+        if self.mlp is not None:
+            x = x + self.mlp(self.ln_mlp(x))
+        if cross and self.cross_block:
+            x = self._cross(x, memory, cross_from, cross_packing)
+        return x
+
+    def _cross(self, x: Tensor, memory: tuple[Tensor, Tensor], start: int, packing: Packing | None) -> Tensor:
+        h = x[start:]
+        h = h + self.cross_attn(self.ln_cross(h), memory, packing)
+        if self.cross_block:
+            h = h + self.cross_mlp(self.ln_cross_mlp(h))
+        return torch.cat([x[:start], h]) if start else h
 
 
 class TextDecoder(nn.Module):
@@ -194,10 +239,13 @@ class TextDecoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.empty(config.context_length, w))
         cross = set(config.cross_attn_layers)
         self.layers = nn.ModuleList(DecoderLayer(config, i in cross) for i in range(config.depth))
-        # each pass has its own final norm: bidirectional and causal features differ in scale
-        self.ln_contrastive = nn.LayerNorm(w)
-        self.ln_caption = nn.LayerNorm(w)
-        self.text_proj = nn.Linear(w, config.embed_dim, bias=False)
+        if config.separate_final_ln:  # bidirectional and causal features differ in scale
+            self.ln_contrastive = nn.LayerNorm(w)
+            self.ln_caption = nn.LayerNorm(w)
+        else:  # one final norm for both passes (openMaMMUT's ln_final)
+            self.ln_final = nn.LayerNorm(w)
+        self.text_proj = nn.Linear(w, config.embed_dim, bias=False) if config.text_proj else None
+        self.lm_head = None if config.tie_lm_head else nn.Linear(w, config.vocab_size, bias=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -212,6 +260,10 @@ class TextDecoder(nn.Module):
             elif name.endswith(".bias") and "ln_" not in name:
                 nn.init.zeros_(p)
 
+    def final_norm(self, which: str) -> nn.LayerNorm:
+        """The final LayerNorm of the "contrastive" or the "caption" pass."""
+        return getattr(self, f"ln_{which}") if self.config.separate_final_ln else self.ln_final
+
     def embed(self, tokens: Tensor, positions: Tensor | None = None) -> Tensor:
         """(B, T) token ids -> (B, T, W); positions default to 0..T-1."""
         T = tokens.shape[1]
@@ -225,20 +277,27 @@ class TextDecoder(nn.Module):
         return [layer.cross_attn.memory(image_tokens) if layer.has_cross_attn else None for layer in self.layers]
 
     # --- pass 1: contrastive -------------------------------------------------------
+    def pooled_positions(self, tokens: Tensor) -> Tensor:
+        """(B, T) bool: the positions the contrastive pass attends to and averages."""
+        if self.config.text_pool == "mean_all":  # openMaMMUT: everything, padding included
+            return torch.ones_like(tokens, dtype=torch.bool)
+        return tokens != self.config.pad_id
+
     def contrastive_pass(self, tokens: Tensor) -> Tensor:
         """Bidirectional, no cross-attention: (B, T) -> text embedding (B, D), not normalised."""
-        real = tokens != self.config.pad_id  # (B, T)
-        attn_mask = real[:, None, None, :]  # (B, 1, 1, T): every query sees the real keys
+        real = self.pooled_positions(tokens)  # (B, T)
+        # every query sees the pooled keys (mean_all: no mask at all)
+        attn_mask = None if self.config.text_pool == "mean_all" else real[:, None, None, :]
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x, attn_mask=attn_mask, memory=None)
-        return self.pool(self.ln_contrastive(x), real)
+        return self.pool(self.final_norm("contrastive")(x), real)
 
     def pool(self, x: Tensor, real: Tensor) -> Tensor:
         """Masked mean over the real tokens, projected: (B, T, W) -> (B, D)."""
         weights = real.unsqueeze(-1).to(x.dtype)
         pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return self.text_proj(pooled)
+        return pooled if self.text_proj is None else self.text_proj(pooled)
 
     # --- pass 2: generative --------------------------------------------------------
     def caption_pass(self, tokens: Tensor, memory: list[tuple[Tensor, Tensor] | None]) -> Tensor:
@@ -250,51 +309,52 @@ class TextDecoder(nn.Module):
         x = self.embed(tokens)
         for layer, mem in zip(self.layers, memory):
             x = layer(x, is_causal=True, memory=mem)
-        return self.ln_caption(x)
+        return self.final_norm("caption")(x)
 
     # --- both passes at once, padding skipped (training) -----------------------------
     def packed_passes(
         self, tokens: Tensor, memory: list[tuple[Tensor, Tensor] | None] | None, contrastive: bool = True,
     ) -> tuple[Tensor | None, Tensor | None, Packing]:
-        """The same two passes, computed together on the real tokens only.
+        """The same two passes, computed together on the tokens each one needs.
 
-        The passes share weights, so their tokens are stacked into ONE set of rows:
-        N real tokens for the contrastive pass, then the same N for the caption pass
-        (memory=None: no caption pass). Projections and MLPs run once on (2N, W)
-        (bigger matrix products, half the kernel launches); self-attention unpacks
-        the rows to (2B, T) with each pass's mask; only the caption rows
-        cross-attend. One embedding lookup feeds both.
+        The passes share weights, so their rows are stacked into ONE set: the
+        contrastive pass's tokens (the real ones; every position with
+        text_pool=mean_all), then the real tokens again for the caption pass
+        (memory=None: no caption pass). Projections and MLPs run once on the
+        stacked rows (bigger matrix products, half the kernel launches);
+        self-attention unpacks them to (2B, T) with each pass's mask; only the
+        caption rows cross-attend. One embedding lookup feeds both.
 
         Returns the text embedding (B, D) or None, the caption hidden states of the
-        real tokens (N, W) or None, and the Packing of one copy of `tokens`.
+        real tokens (N, W) or None, and the Packing of the real tokens.
         """
         B, T = tokens.shape
-        real = tokens != self.config.pad_id
-        passes = int(contrastive) + int(memory is not None)
-        one = Packing(tokens, self.config.pad_id)
-        rows = Packing(tokens.repeat(passes, 1), self.config.pad_id) if passes > 1 else one
-        N = one.index.numel()
+        one = Packing(tokens, self.config.pad_id)  # the real tokens
+        real = self.pooled_positions(tokens)
+        con = Packing.of(real) if self.config.text_pool == "mean_all" else one
+        pieces = ([con] if contrastive else []) + ([one] if memory is not None else [])
+        rows = Packing.of(torch.cat([p.mask for p in pieces])) if len(pieces) > 1 else pieces[0]
         masks = []
-        if contrastive:  # bidirectional over the real keys
+        if contrastive:  # bidirectional over the pooled keys
             masks.append(real[:, None, None, :].expand(B, 1, T, T))
         if memory is not None:  # causal
             masks.append(torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril().expand(B, 1, T, T))
         attn_mask = torch.cat(masks)  # (passes * B, 1, T, T)
-        x = one.pack(self.embed(tokens)).repeat(passes, 1)  # (passes * N, W)
-        first_caption_row = N if contrastive else 0
-        for i, layer in enumerate(self.layers):  # = DecoderLayer.forward, on the stacked rows
-            x = x + layer.self_attn(layer.ln_self(x), attn_mask, packing=rows)
-            if memory is not None and memory[i] is not None:
-                h = x[first_caption_row:]
-                h = h + layer.cross_attn(layer.ln_cross(h), memory[i], packing=one)
-                x = torch.cat([x[:first_caption_row], h]) if contrastive else h
-            x = x + layer.mlp(layer.ln_mlp(x))
-        text = self.pool(self.ln_contrastive(one.unpack(x[:N])), real) if contrastive else None
-        hidden = self.ln_caption(x[first_caption_row:]) if memory is not None else None
+        emb = self.embed(tokens)
+        x = torch.cat([p.pack(emb) for p in pieces])  # (rows, W)
+        first_caption_row = con.index.numel() if contrastive else 0
+        for layer, mem in zip(self.layers, memory or [None] * len(self.layers)):
+            x = layer(x, attn_mask, memory=mem, packing=rows, cross_from=first_caption_row, cross_packing=one)
+        text = None
+        if contrastive:
+            text = self.pool(self.final_norm("contrastive")(con.unpack(x[:first_caption_row])), real)
+        hidden = self.final_norm("caption")(x[first_caption_row:]) if memory is not None else None
         return text, hidden, one
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """(..., W) -> (..., V), with the output projection tied to the token embedding."""
+        """(..., W) -> (..., V): the token embedding (tied) or the LM head."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
         return hidden @ self.token_embed.weight.t()
 
     # --- incremental decoding (generation) ----------------------------------------
@@ -318,4 +378,4 @@ class TextDecoder(nn.Module):
         for i, (layer, mem) in enumerate(zip(self.layers, memory)):
             x = layer(x, attn_mask=attn_mask, memory=mem,
                       cache=None if cache is None else cache[i], cache_pos=cache_pos)
-        return self.ln_caption(x)
+        return self.final_norm("caption")(x)

@@ -16,7 +16,8 @@ cost = cls * focal + l1 * L1 + giou * (-GIoU); losses = sigmoid focal over (toke
 focal objectness, L1 and GIoU on the matched tokens, each normalised by the number of boxes.
 Optionally a federated classification loss (detection.federated_classes): only the classes present
 in the batch and a frequency-weighted draw of others count, since LVIS' labels are partial.
-Inference: score = p_class^(1-a) * p_object^a, top candidates, class-wise NMS in plain torch
+Inference: score = p_class^(1-a) * p_object^a (optionally combined with the model's own score of
+the pooled box, F-VLM's geometric mean: detection.vlm_score_weight_*), top candidates, class-wise NMS in plain torch
 (torchvision's compiled nms is unavailable on CPU-only installs here), at most 300 per image.
 """
 
@@ -82,6 +83,25 @@ def batched_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: f
         keep.append(i)
         suppressed |= overlap[i]
     return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
+
+
+def region_pool(tokens: Tensor, boxes: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Mean of the patch tokens whose cell centres fall inside each box (edges included):
+    tokens (B, N, C) on a (gh, gw) grid, boxes (B, M, 4) normalised xyxy -> (B, M, C). A box that
+    holds no centre (smaller than a cell) takes the token of the cell holding the box's centre.
+    Plain torch (one masked matmul); torchvision's compiled roi_align is not available here."""
+    gh, gw = grid
+    ys, xs = torch.meshgrid(torch.arange(gh, device=tokens.device), torch.arange(gw, device=tokens.device),
+                            indexing="ij")
+    cx, cy = (xs.flatten().float() + 0.5) / gw, (ys.flatten().float() + 0.5) / gh  # (N,)
+    x0, y0, x1, y1 = (v[..., None] for v in boxes.float().unbind(-1))  # each (B, M, 1)
+    inside = ((cx >= x0) & (cx <= x1) & (cy >= y0) & (cy <= y1)).float()  # (B, M, N)
+    count = inside.sum(-1, keepdim=True)
+    col = (((x0 + x1) / 2 * gw).long()).clamp(0, gw - 1)
+    row = (((y0 + y1) / 2 * gh).long()).clamp(0, gh - 1)
+    centre = F.one_hot((row * gw + col)[..., 0], gh * gw).float()  # (B, M, N)
+    weights = torch.where(count > 0, inside / count.clamp(min=1), centre)
+    return weights.to(tokens.dtype) @ tokens  # (B, M, C)
 
 
 # --- losses and matching ---------------------------------------------------------------------------------
@@ -174,9 +194,10 @@ class OpenVocabDetector(nn.Module):
     """The detection head and its losses / inference around a MaMMUT that is passed in (the task
     owns the model: its weights stay under `model.*`, as in every other task's checkpoint)."""
 
-    def __init__(self, model: nn.Module, cfg: DetectionConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: DetectionConfig, vlm_softmax: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.vlm_softmax = vlm_softmax  # the model's contrastive scores: softmax over classes, else sigmoid
         self.head = DetectionHead(model.visual.width, model.config.embed_dim)
         self.head.init_from_model(model)
 
@@ -190,12 +211,32 @@ class OpenVocabDetector(nn.Module):
         tokens = visual.transformer(visual.embed_patches(images))
         return tokens[:, visual.vit.num_prefix_tokens:], grid
 
-    def forward(self, model: nn.Module, images: Tensor, text: Tensor) -> dict[str, Tensor]:
-        """images (B, 3, S, S), class embeddings text (K, D) -> the head's outputs + logits (B, N, K)."""
+    def forward(self, model: nn.Module, images: Tensor, text: Tensor, novel: Tensor | None = None) -> dict[str, Tensor]:
+        """images (B, 3, S, S), class embeddings text (K, D) -> the head's outputs + logits (B, N, K).
+        In evaluation, with `novel` (K,) bool (classes held out of training) and a vlm_score_weight
+        set: + "vlm" (B, N, K) the model's own class probabilities of each box, "vlm_weight" (K,)."""
         tokens, grid = self.patch_tokens(model, images)
         out = self.head(tokens, grid)
         out["logits"] = self.head.class_logits(out, text)
+        c = self.cfg
+        if not self.training and novel is not None and (c.vlm_score_weight_base or c.vlm_score_weight_novel):
+            out["vlm"] = self.vlm_probs(model, tokens, cxcywh_to_xyxy(out["boxes"]), grid, text)
+            out["vlm_weight"] = torch.where(novel.to(text.device), c.vlm_score_weight_novel, c.vlm_score_weight_base)
         return out
+
+    @torch.no_grad()
+    def vlm_probs(self, model: nn.Module, tokens: Tensor, boxes: Tensor, grid: tuple[int, int], text: Tensor) -> Tensor:
+        """F-VLM's open-vocabulary score: the backbone tokens pooled in each box (region_pool), through
+        the image projection of encode_image, cosine against the class embeddings, turned into
+        probabilities as the contrastive loss does (sigmoid(s * cos + b); softmax over classes for the
+        softmax loss): tokens (B, N, C), boxes (B, M, 4) xyxy normalised, text (K, D) -> (B, M, K)."""
+        pooled = region_pool(tokens, boxes, grid)  # (B, M, C)
+        if model.config.final_ln_after_pool:  # as ImageEncoder.pool: the LayerNorm after pooling
+            pooled = model.visual.vit.fc_norm(pooled)
+        region = F.normalize(model.image_proj(pooled), dim=-1)  # (B, M, D)
+        scale, bias = model.scales()
+        logits = scale * region.float() @ text.float().t()
+        return logits.softmax(-1) if self.vlm_softmax else (logits + bias).sigmoid()
 
     # --- training ----------------------------------------------------------------------------
     def match(self, out: dict[str, Tensor], b: int, boxes: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -255,6 +296,9 @@ class OpenVocabDetector(nn.Module):
         p_cls = out["logits"][b].float().sigmoid()  # (N, K)
         p_obj = out["objectness"][b].float().sigmoid()[:, None]  # (N, 1)
         scores = p_cls ** (1 - c.objectness_power) * p_obj ** c.objectness_power
+        if "vlm" in out:  # F-VLM: geometric mean with the model's own score, weight per class
+            w = out["vlm_weight"].float()  # (K,)
+            scores = scores ** (1 - w) * out["vlm"][b].float() ** w
         K = scores.shape[1]
         flat = scores.flatten()
         top = torch.topk(flat, min(candidates, flat.numel())).indices

@@ -31,6 +31,8 @@ class ImageEncoder(nn.Module):
                 num_classes=0,
                 img_size=config.image_size,
                 dynamic_img_size=True,  # patch_embed returns (B, gh, gw, C); we add positions ourselves
+                # final_ln_after_pool: timm's fc_norm (LayerNorm after pooling, none on the tokens)
+                **({"fc_norm": True} if config.final_ln_after_pool else {}),
                 **config.encoder_kwargs,
             )
         except RuntimeError as err:  # timm's "Unknown model" error
@@ -65,23 +67,22 @@ class ImageEncoder(nn.Module):
     def cropped_pos_embed(self, batch_size: int) -> Tensor:
         """RO-ViT cropped positional embeddings: (B, gh, gw, C), one random crop per image.
 
-        The grid is upsampled to cpe_grid x cpe_grid (the detection resolution), a
-        random region is cropped and resized back, so each image is seen as a
-        region of a larger one. Crop + resize is one bilinear grid_sample.
+        The grid is upsampled to cpe_grid x cpe_grid (the detection grid), a random region
+        (sample_crop_boxes: RandomResizedCrop's rule, as RO-ViT draws it) is cropped and resized
+        back, so each image is seen as a region of a larger one. Crop + resize is one bilinear
+        grid_sample at the crop's cell centres.
         """
         cfg = self.config
+        if cfg.cpe_grid <= 0:
+            raise ValueError(
+                f"model.cpe_grid={cfg.cpe_grid!r}: 0 means 'derive from detection.image_size / patch size', "
+                "which the config loader does; set it when building MaMMUTConfig directly"
+            )
         pos = self.grid_pos_embed().permute(0, 3, 1, 2)  # (1, C, gh, gw)
         big = F.interpolate(pos, size=(cfg.cpe_grid, cfg.cpe_grid), mode="bilinear", align_corners=False)
-        device = pos.device
-        area = torch.empty(batch_size, device=device).uniform_(cfg.cpe_scale_min, cfg.cpe_scale_max)
-        log_ratio = torch.empty(batch_size, device=device).uniform_(
-            math.log(cfg.cpe_ratio_min), math.log(cfg.cpe_ratio_max)
-        )
-        ratio = log_ratio.exp()
-        w = (area * ratio).sqrt().clamp(max=1.0)  # crop size as a fraction of the side
-        h = (area / ratio).sqrt().clamp(max=1.0)
-        cx = (torch.rand(batch_size, device=device) * 2 - 1) * (1 - w)  # centre, crop stays inside
-        cy = (torch.rand(batch_size, device=device) * 2 - 1) * (1 - h)
+        x0, y0, w, h = sample_crop_boxes(batch_size, (cfg.cpe_scale_min, cfg.cpe_scale_max),
+                                         (cfg.cpe_ratio_min, cfg.cpe_ratio_max), pos.device).unbind(-1)
+        cx, cy = 2 * x0 + w - 1, 2 * y0 + h - 1  # crop centre in grid_sample's [-1, 1] coordinates
         zero = torch.zeros_like(w)
         theta = torch.stack([torch.stack([w, zero, cx], -1), torch.stack([zero, h, cy], -1)], 1)  # (B, 2, 3)
         gh, gw = self.grid
@@ -130,5 +131,30 @@ class ImageEncoder(nn.Module):
         if self.config.image_pool == "token":
             if self.vit.cls_token is None:
                 raise ValueError(f"model.image_pool='token' but model.encoder={self.config.encoder!r} has no class token")
-            return tokens[:, 0]
-        return tokens[:, self.vit.num_prefix_tokens :].mean(dim=1)
+            pooled = tokens[:, 0]
+        elif self.config.image_pool == "avg_all":  # open_clip's avg_all: class token included
+            pooled = tokens.mean(dim=1)
+        else:
+            pooled = tokens[:, self.vit.num_prefix_tokens :].mean(dim=1)
+        return self.vit.fc_norm(pooled) if self.config.final_ln_after_pool else pooled
+
+
+def sample_crop_boxes(batch_size: int, scale: tuple[float, float], ratio: tuple[float, float],
+                      device: torch.device | None = None, attempts: int = 10) -> Tensor:
+    """Random crops of the unit square as (B, 4) = (x0, y0, w, h), drawn by RandomResizedCrop's rule
+    (RO-ViT draws its CPE regions this way): area ~ U(scale), log aspect (w / h) ~ U(log ratio); a
+    draw that does not fit (w > 1 or h > 1) is redrawn, up to `attempts` times, then the whole square
+    (the unit square's aspect 1 lies in any sensible ratio range); the corner is uniform where the
+    crop fits. Clamping instead of redrawing would inflate the area (mean ~0.52 vs ~0.43 for the
+    default 0.1-1 area, 1/2-2 aspect)."""
+    area = torch.empty(batch_size, attempts, device=device).uniform_(scale[0], scale[1])
+    log_ratio = torch.empty(batch_size, attempts, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    w_all, h_all = (area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt()  # (B, attempts)
+    fits = (w_all <= 1) & (h_all <= 1)
+    first = fits.float().argmax(dim=1, keepdim=True)  # the first attempt that fits (0 if none)
+    any_fit = fits.any(dim=1)
+    w = torch.where(any_fit, w_all.gather(1, first)[:, 0], torch.ones_like(area[:, 0]))
+    h = torch.where(any_fit, h_all.gather(1, first)[:, 0], torch.ones_like(area[:, 0]))
+    x0 = torch.rand(batch_size, device=device) * (1 - w)
+    y0 = torch.rand(batch_size, device=device) * (1 - h)
+    return torch.stack([x0, y0, w, h], -1)

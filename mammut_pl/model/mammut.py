@@ -20,10 +20,13 @@ class MaMMUT(nn.Module):
         self.visual = ImageEncoder(config)
         C, W, D = self.visual.width, config.width, config.embed_dim
         self.image_proj = nn.Linear(C, D, bias=False)  # pooled image -> joint space
-        self.image_to_text = nn.Sequential(nn.Linear(C, W), nn.LayerNorm(W))  # tokens -> cross-attn memory
+        # image tokens -> cross-attention memory: Linear + LayerNorm, or openMaMMUT's bare matrix
+        # (its cross-attention blocks normalise the memory themselves)
+        self.image_to_text: nn.Module = (nn.Sequential(nn.Linear(C, W), nn.LayerNorm(W))
+                                         if config.image_to_text == "linear_ln" else nn.Linear(C, W, bias=False))
         self.text = TextDecoder(config)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias))) if config.logit_bias else None
         nn.init.normal_(self.image_proj.weight, std=C**-0.5)
 
     # --- the two embeddings --------------------------------------------------------
@@ -52,8 +55,9 @@ class MaMMUT(nn.Module):
         hidden = self.text.caption_pass(tokens, self.cross_attn_memory(image_tokens))
         return self.text.logits(hidden)
 
-    def scales(self) -> tuple[Tensor, Tensor]:
-        """(temperature, bias) for the contrastive logits; the scale is learned in log space."""
+    def scales(self) -> tuple[Tensor, Tensor | None]:
+        """(temperature, bias) for the contrastive logits; the scale is learned in log space.
+        The bias is None when the model has none (model.logit_bias=false)."""
         return self.logit_scale.clamp(max=self.config.max_logit_scale).exp(), self.logit_bias
 
     def forward(

@@ -43,7 +43,9 @@ class VideoConfig:
     tubes: bool = True  # False = sparse 2D frames only (the "no tube inputs" ablation)
     fixed_pos_embed: bool = True  # 3D sin-cos positions on every video token
     gated_connection: bool = True  # sin-cos joined to the learned positions through tanh(gate), gate = 0 at init
-    frame_stride: int = 16  # 2D patches of frames frame_offset, frame_offset + frame_stride, ...
+    # 2D patches of frames frame_offset, frame_offset + frame_stride, ...; 32 = TubeViT's main setting,
+    # one 2D frame per 32-frame clip (its 1x16x16 kernel with temporal stride 32)
+    frame_stride: int = 32
     frame_offset: int = 0
     tube_specs: list[str] = field(default_factory=lambda: list(TUBEVIT_TUBES))
 

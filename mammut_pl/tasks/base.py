@@ -64,6 +64,13 @@ class MaMMUTTask(L.LightningModule):
         return MaMMUT(self.cfg.model.architecture())
 
     def init_from(self, path: str) -> None:
+        from mammut_pl.model.openmammut import is_openmammut_dir, read_weights, to_suite_state_dict
+
+        if is_openmammut_dir(path):  # every tensor used, every weight filled (the architecture is the folder's)
+            self.model.load_state_dict(to_suite_state_dict(read_weights(path), self.model, source=path), strict=True)
+            log.info("model.init_from=%s: loaded the openMaMMUT weights (all %d tensors)", path,
+                     len(self.model.state_dict()))
+            return
         state = load_weights(path)
         own = self.model.state_dict()
         # shapes that differ (e.g. a new vocabulary) are left at their fresh initialisation

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 class DetectionTask(MaMMUTTask):
     def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
         super().__init__(cfg, tokenizer)
-        self.detector = OpenVocabDetector(self.model, self.cfg.detection)
+        self.detector = OpenVocabDetector(self.model, self.cfg.detection,
+                                          vlm_softmax=self.cfg.loss.contrastive == "softmax")
         if not self.cfg.detection.train_text:  # the text side stays as pretrained: rare names keep their meaning
             for p in self.model.text.parameters():
                 p.requires_grad_(False)
@@ -42,12 +43,13 @@ class DetectionTask(MaMMUTTask):
         self._class_weights: Tensor | None = None  # federated loss: the draw's weights per base class
         self.results: list[dict[str, Any]] = []
         self.results_path: Path | None = None
+        self._eval_file = ""  # the annotation file of the running validation / test
 
     # --- class embeddings --------------------------------------------------------------------------
     def class_embeddings(self, which: str) -> Tensor:
         """(K, D) text embeddings of the "train" (base) or "eval" (all) categories."""
         ctx = self.context
-        cats = ctx.train_categories() if which == "train" else ctx.categories()
+        cats = ctx.train_categories() if which == "train" else ctx.categories_of(self._eval_file or ctx.val_file)
         if self.cfg.detection.train_text and self.training:
             return class_text_embeddings(self.model, self.tokenizer, class_names(cats), self.cfg.detection.prompts,
                                          self.cfg.model.context_length)
@@ -57,6 +59,12 @@ class DetectionTask(MaMMUTTask):
                                                                 self.cfg.detection.prompts,
                                                                 self.cfg.model.context_length)
         return self._text_cache[which]
+
+    def novel_classes(self, categories: list[dict[str, Any]]) -> Tensor:
+        """(K,) bool over the evaluation `categories`: True for those held out of training (LVIS'
+        rare ones with detection.base_only), which get detection.vlm_score_weight_novel."""
+        base = {c["id"] for c in self.context.train_categories()}
+        return torch.tensor([c["id"] not in base for c in categories])
 
     def on_train_epoch_start(self) -> None:
         self._text_cache.clear()  # text weights may have changed (train_text) or moved device
@@ -87,16 +95,19 @@ class DetectionTask(MaMMUTTask):
 
     # --- evaluation -------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self.results = []
-        self._text_cache.pop("eval", None)
+        self._start_eval(self.context.val_file)
 
     def on_test_epoch_start(self) -> None:
-        self.results = []
+        self._start_eval(self.context.test_file)
+
+    def _start_eval(self, filename: str) -> None:
+        self.results, self._eval_file = [], filename  # scored with that file's own categories
         self._text_cache.pop("eval", None)
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
-        cats = self.context.categories()
-        out = self.detector(self.model, batch["images"], self.class_embeddings("eval"))
+        ctx = self.context
+        cats = ctx.categories_of(self._eval_file or ctx.val_file)
+        out = self.detector(self.model, batch["images"], self.class_embeddings("eval"), self.novel_classes(cats))
         size = batch["images"].shape[-2:]
         for b, image_id in enumerate(batch["image_ids"].tolist()):
             h, w = batch["orig_sizes"][b].tolist()
@@ -200,7 +211,7 @@ def describe_data(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
     gt = ctx.eval_gt(ctx.test_file)
     return {"data": "lvis", "root": cfg.data.root, "split": split, "annotation_file": ctx.test_file,
             "images": len(gt["images"]), "annotations": len(gt["annotations"]),
-            "categories": len(ctx.categories()),
+            "categories": len(ctx.categories_of(ctx.test_file)),
             "subset": limit("detection.max_eval_images", cfg.detection.max_eval_images)}
 
 

@@ -91,8 +91,9 @@ def describe_images(task: Any, cfg: Config, paths: list[Path], question: str = "
     from mammut_pl.data.transforms import image_transform, load_image
 
     transform = image_transform(cfg.model.image_size, train=False)
-    return describe(task, cfg, paths, lambda p: transform(load_image(str(p))), (OSError,), "image", question,
-                    batch_size)
+    # a person's photos: EXIF orientation applied, upright as viewers show them (data/images.py)
+    return describe(task, cfg, paths, lambda p: transform(load_image(str(p), exif_transpose=True)), (OSError,),
+                    "image", question, batch_size)
 
 
 def describe_videos(task: Any, cfg: Config, paths: list[Path], question: str = "",
@@ -149,7 +150,7 @@ def detect_objects(task: Any, cfg: Config, paths: list[Path], names: list[str], 
     text = class_text_embeddings(task.model, task.tokenizer, names, t.prompts, cfg.model.context_length)
 
     def load(p: Path) -> tuple[torch.Tensor, float, tuple[int, int]]:
-        img = load_image(str(p))
+        img = load_image(str(p), exif_transpose=True)  # a person's photo: upright, as viewers show it
         scale, resized, corner = jitter_geometry(img.width, img.height, size, None)
         return place_image(img, size, resized, corner), scale, (img.height, img.width)
 

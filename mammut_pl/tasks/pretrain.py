@@ -19,7 +19,7 @@ class PretrainTask(MaMMUTTask):
     def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
         super().__init__(cfg, tokenizer)
         loss = self.cfg.loss
-        self.contrastive_loss = build_contrastive_loss(loss.contrastive, loss.focal_gamma)
+        self.contrastive_loss = build_contrastive_loss(loss.contrastive, loss.focal_gamma, loss.focal_alpha)
         self.caption_loss = CaptionLoss(self.cfg.model.pad_id, loss.label_smoothing)
         self.val_retrieval = RetrievalRecall()
         self.test_retrieval = RetrievalRecall()

@@ -144,7 +144,7 @@ class VideoCaptioningTask(VideoModel, CaptioningTask):
     def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
         super().__init__(cfg, tokenizer)
         loss = self.cfg.loss
-        self.contrastive_loss = build_contrastive_loss(loss.contrastive, loss.focal_gamma)
+        self.contrastive_loss = build_contrastive_loss(loss.contrastive, loss.focal_gamma, loss.focal_alpha)
         self.test_retrieval = RetrievalRecall()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
