@@ -1,5 +1,5 @@
 """`make bench`: mammut_pl's MaMMUT against open_clip's CoCa and CLIP and lucidrains'
-MaMMUT, measured side by side in ONE process (issue 10).
+MaMMUT, measured side by side in ONE process.
 
     python -m mammut_pl.bench            # the full run (CPU: ~10 min)
     python -m mammut_pl.bench --quick    # fewer steps (CPU: a few minutes)
@@ -115,7 +115,7 @@ CAPTIONS = [
     "A flock of birds flying over the ocean at sunset.",
 ]
 
-TARGETS = {  # issue 10, measured in the same run
+TARGETS = {  # speed ratios to reach, measured in the same run
     "train.mammut_pl/coca": 0.50,
     "train.mammut_pl/lucidrains": 0.60,
     "overhead.full/contrastive": 1.20,

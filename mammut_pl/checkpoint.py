@@ -1,8 +1,9 @@
 """Load a trained task back from a checkpoint (for evaluate / predict / fine-tuning).
 
 A suite checkpoint (`outputs/EXP/RUN/checkpoints/*.ckpt`) holds the resolved config
-(`hyper_parameters.cfg`) and the weights. It is read with `weights_only=True`: a
-file from elsewhere cannot run code. `key=value` overrides are applied on top of
+(`hyper_parameters.cfg`) and the weights. It is read with `resume.read_checkpoint`
+(`weights_only=True`: a file from elsewhere cannot run code; an unusable one raises a
+`CheckpointError` naming it and why). `key=value` overrides are applied on top of
 the stored config (e.g. `data.root=/data/coco` to evaluate on other data).
 """
 
@@ -11,28 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mammut_pl import config as config_lib
 from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.builders import build_tokenizer_for
+from mammut_pl.resume import CheckpointError, read_checkpoint
 from mammut_pl.tasks import build_task
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or holds arbitrary objects
-        raise ValueError(f"{p}: cannot be read as a weights-only checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
-        raise ValueError(f"{p}: not a mammut_pl checkpoint (no 'state_dict')")
-    return obj
 
 
 def checkpoint_config(ckpt: dict[str, Any], path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -91,6 +78,8 @@ def task_from_folder(cfg: Config):
 
 def task_with_weights(cfg: Config, ckpt: dict[str, Any], path: str | Path):
     """(LightningModule for `cfg` holding the checkpoint's model weights, tokenizer), in eval mode."""
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a mammut_pl checkpoint (no 'state_dict')")
     cfg.model.init_from = ""  # the weights come from this checkpoint
     cfg.model.encoder_weights = ""
     cfg.model.compile = False

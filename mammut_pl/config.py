@@ -99,7 +99,7 @@ class DataConfig:
     vqa_prompt: str = "question: {question} answer:"  # the decoder's prompt; {question} is filled in
     max_answer_tokens: int = 8  # training answers are cut to this many tokens
     max_eval_questions: int = 0  # 0 = all
-    # set from experiment files of the later tasks
+    # read by no datamodule; kept so that configs stored in older checkpoints still load
     extra: dict[str, Any] = field(default_factory=dict)
 
 

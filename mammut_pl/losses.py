@@ -128,6 +128,33 @@ class CaptionLoss(nn.Module):
         )
 
 
+def packed_caption_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Caption cross-entropy on packed logits (N, V) and their targets (N,), as
+    `MaMMUT.forward(packed=True)` returns them (padding skipped): = CaptionLoss on the full
+    (B, T, V) logits; under DDP the mean over the caption tokens of the global batch (ranks
+    hold different numbers of tokens)."""
+    total = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
+    return global_batch_mean(total, targets.numel())
+
+
+def mammut_loss(out: dict[str, Tensor], contrastive: nn.Module, contrastive_weight: float, caption_weight: float,
+                label_smoothing: float = 0.0) -> dict[str, Tensor]:
+    """MaMMUT's objective on one packed forward pass: contrastive_weight * contrastive +
+    caption_weight * caption. A term whose weight is 0 was not computed by the forward pass
+    (CLIP / captioner baselines) and is left out. Returns its terms and "loss"."""
+    losses: dict[str, Tensor] = {}
+    total: Tensor | float = 0.0
+    if contrastive_weight > 0:
+        losses["contrastive_loss"] = contrastive(out["image_embed"], out["text_embed"], out["logit_scale"],
+                                                 out["logit_bias"])
+        total = total + contrastive_weight * losses["contrastive_loss"]
+    if caption_weight > 0:
+        losses["caption_loss"] = packed_caption_loss(out["caption_logits"], out["caption_targets"], label_smoothing)
+        total = total + caption_weight * losses["caption_loss"]
+    losses["loss"] = total
+    return losses
+
+
 CONTRASTIVE_LOSSES = {"focal": FocalContrastiveLoss, "sigmoid": SigmoidContrastiveLoss, "softmax": SoftmaxContrastiveLoss}
 
 

@@ -171,3 +171,11 @@ def test_every_configurable_task_is_registered_and_every_protocol_scores_one():
         assert bool(spec.own_data) == (spec.describe is not None) == (spec.set_split is not None), spec.name
     for spec in TASK_SPECS.values():
         assert spec.monitor[0].startswith("val/") and spec.monitor[1] in ("min", "max")
+
+
+def test_tasks_read_their_datamodule_only_through_the_eval_context():
+    """Tasks get categories, ground truth, answers and splits from `self.context` (an EvalContext the
+    datamodule hands over), never from `self.trainer.datamodule.<attribute>`."""
+    for name, path in modules().items():
+        if name.startswith("mammut_pl.tasks"):
+            assert "trainer.datamodule" not in path.read_text(), name

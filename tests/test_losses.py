@@ -218,3 +218,38 @@ def test_token_mean_over_uneven_ranks_equals_the_global_mean(tmp_path):
     # a per-rank mean (what DDP gives without global_batch_mean) would differ here
     per_rank = [F.cross_entropy(head(x[s]), y[s]) for s in (slice(0, 3), slice(3, 10))]
     assert not torch.allclose(sum(per_rank) / 2, F.cross_entropy(head(x), y))
+
+
+def test_packed_caption_loss_equals_caption_loss_on_the_full_logits():
+    """The packed form (only positions whose next token is real) = CaptionLoss over (B, T, V)."""
+    from mammut_pl.losses import packed_caption_loss
+
+    g = torch.Generator().manual_seed(0)
+    pad = 0
+    tokens = torch.tensor([[5, 7, 9, 3, pad, pad], [4, 8, 2, 6, 1, 3]])
+    logits = torch.randn(2, 6, 11, generator=g)
+    targets = tokens[:, 1:]
+    keep = targets != pad  # (B, T-1): the positions the packed pass computes
+    for smoothing in (0.0, 0.1):
+        want = CaptionLoss(pad, label_smoothing=smoothing)(logits, tokens)
+        got = packed_caption_loss(logits[:, :-1][keep], targets[keep], smoothing)
+        torch.testing.assert_close(got, want)
+
+
+def test_mammut_loss_is_the_weighted_sum_and_skips_zero_weights():
+    from mammut_pl.losses import mammut_loss
+
+    g = torch.Generator().manual_seed(1)
+    out = {"image_embed": F.normalize(torch.randn(4, 8, generator=g), dim=-1),
+           "text_embed": F.normalize(torch.randn(4, 8, generator=g), dim=-1),
+           "logit_scale": torch.tensor(10.0), "logit_bias": torch.tensor(-5.0),
+           "caption_logits": torch.randn(9, 13, generator=g), "caption_targets": torch.randint(0, 13, (9,), generator=g)}
+    con_fn = SoftmaxContrastiveLoss()
+    con = con_fn(out["image_embed"], out["text_embed"], out["logit_scale"], out["logit_bias"])
+    cap = F.cross_entropy(out["caption_logits"], out["caption_targets"])
+    both = mammut_loss(out, con_fn, 0.3, 2.0)
+    torch.testing.assert_close(both["loss"], 0.3 * con + 2.0 * cap)
+    torch.testing.assert_close(both["caption_loss"], cap)
+    only_caption = mammut_loss(out, con_fn, 0.0, 1.0)
+    assert "contrastive_loss" not in only_caption
+    torch.testing.assert_close(only_caption["loss"], cap)

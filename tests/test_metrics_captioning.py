@@ -14,7 +14,6 @@ import math
 import os
 import random
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,8 @@ from mammut_pl.metrics.captioning import (
     distinct_caption_fraction,
     ptb_tokenize,
 )
+
+from conftest import free_port
 
 # (input caption, output of pycocoevalcap's PTBTokenizer with CoreNLP 3.4.1)
 GOLDEN = [
@@ -261,12 +262,6 @@ def test_caption_metrics_accumulates_dedupes_and_resets() -> None:
         metric.compute()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)  # forked child: keep out of the parent's OpenMP pool
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -285,7 +280,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.mark.ddp
 def test_caption_metrics_ddp_gloo(tmp_path) -> None:
     # fork: the children inherit the imported modules (spawn would re-import torch).
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     preds, refs = _corpus(seed=4, n=11)
     want = caption_scores(preds, refs)
     want["distinct_fraction"] = distinct_caption_fraction(list(preds.values()))

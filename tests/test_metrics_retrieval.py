@@ -8,7 +8,6 @@ produced (memory bound), and a 2-process gloo run for the DDP path.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -17,6 +16,8 @@ import torch.multiprocessing as mp
 from torch.overrides import TorchFunctionMode
 
 from mammut_pl.metrics.retrieval import RetrievalRecall, retrieval_recall
+
+from conftest import free_port
 
 KS = (1, 5, 10)
 
@@ -203,12 +204,6 @@ def test_metric_unknown_image_id_raises() -> None:
         metric.compute()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     # A forked child must not enter the parent's OpenMP thread pool (it would wait for
     # threads that do not exist in the child): stay single-threaded.
@@ -238,7 +233,7 @@ def test_metric_ddp_gloo(tmp_path) -> None:
     # fork: the children inherit the imported modules (spawn would re-import torch and
     # torchmetrics in each child, which dominates the runtime).
     mp.start_processes(
-        _ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+        _ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
     )
     images, texts, t2i = make_data(30, seed=11)
     want = retrieval_recall(images, texts, t2i)

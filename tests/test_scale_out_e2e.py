@@ -6,7 +6,6 @@ run, one child run per trial and each trial's training run under it."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+
+from conftest import free_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,16 +94,10 @@ def test_two_workers_share_a_postgresql_study(tmp_path, world):
     check_sweep(study, POSTGRES_URL, tracking, tmp_path / "out")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`make mlflow-server` on a free port (SQLite backend and artifacts under tmp_path)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_PORT": str(port), "MLFLOW_BACKEND": f"sqlite:///{tmp_path}/server.db",
            "MLFLOW_ARTIFACTS": str(tmp_path / "artifacts"), "MLFLOW_WORKERS": "1"}
     log = open(tmp_path / "server.log", "w")

@@ -155,13 +155,18 @@ class RetrievalImages(Dataset):
 
 
 class PairCollator:
+    """(image, caption) items -> images (B, 3, H, W), tokens (B, T) padded to the longest caption."""
+
     def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
         self.tokenizer, self.context_length = tokenizer, context_length
 
+    def pairs(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"images": torch.stack([it["image"] for it in items]),
+                "tokens": self.tokenizer([it["caption"] for it in items], self.context_length, pad_to_longest=True)}
+
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return {
-            "images": torch.stack([it["image"] for it in items]),
-            "tokens": self.tokenizer([it["caption"] for it in items], self.context_length, pad_to_longest=True),
+            **self.pairs(items),
             "image_ids": torch.tensor([it["image_id"] for it in items]),
             **batch_position(items),  # where the last item stood in its epoch: for resuming
         }

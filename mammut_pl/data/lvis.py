@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mammut_pl.data.coco import field, read_json
+from mammut_pl.data.context import EvalContext
 from mammut_pl.data.epochs import ResumableTrainData, SampleRef, batch_position, item_index
 from mammut_pl.data.transforms import MEAN, STD, load_image
 
@@ -314,6 +315,11 @@ class LVISDataModule(ResumableTrainData, L.LightningDataModule):
             for cid in set(im.category_ids) & index.keys():
                 counts[index[cid]] += 1
         return counts
+
+    def eval_context(self) -> EvalContext:
+        return EvalContext(categories_of=self.categories_of, train_categories=lambda: self.train_categories,
+                           train_class_image_counts=self.train_class_image_counts, val_file=self.val_file,
+                           test_file=self.test_file, eval_gt=self.eval_gt)
 
     def eval_gt(self, filename: str) -> dict[str, Any]:
         """The annotations the evaluation scores against (the first max_eval_images images)."""

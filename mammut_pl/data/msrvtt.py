@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mammut_pl.data.coco import field, read_json
+from mammut_pl.data.context import EvalContext
 from mammut_pl.data.epochs import ResumableTrainData, SampleRef, batch_position, item_index
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import MEAN, STD
@@ -550,6 +551,10 @@ class MSRVTTDataModule(ResumableTrainData, L.LightningDataModule):
             self._qa[split] = read_msrvtt_qa(self.root, split, self.video_dir)
         return self._qa[split]
 
+    def eval_context(self) -> EvalContext:
+        return EvalContext(val_split=self.val_split, test_split=self.test_split, eval_questions=self.eval_questions,
+                           majority_answer=self.majority_answer, answer_vocabulary=self.answer_vocabulary)
+
     def answer_vocabulary(self) -> list[str]:
         if self._vocab is None:
             self._vocab = answer_vocabulary(self.questions("train"), self.answer_vocab_size)
@@ -598,10 +603,9 @@ class MSRVTTDataModule(ResumableTrainData, L.LightningDataModule):
         return videos
 
     # --- loaders ---
-    def _loader(self, dataset: Dataset, train: bool, collate) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-                          drop_last=train, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=collate)
+    def _eval_loader(self, dataset: Dataset, collate) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, collate_fn=collate)
 
     def _clip_args(self, train: bool) -> tuple:
         transform = ClipTransform(self.image_size, train, self.augment, self.crop_scale_min)
@@ -626,8 +630,8 @@ class MSRVTTDataModule(ResumableTrainData, L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         ds, collate = self._dataset(self.val_split, False)
-        return self._loader(ds, False, collate)
+        return self._eval_loader(ds, collate)
 
     def test_dataloader(self) -> DataLoader:
         ds, collate = self._dataset(self.test_split, False)
-        return self._loader(ds, False, collate)
+        return self._eval_loader(ds, collate)

@@ -171,9 +171,6 @@ class HFTokenizer(Tokenizer):
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
-    def id_to_token(self, i: int) -> str | None:
-        return self._tok.id_to_token(i)
-
 
 def build_tokenizer(spec: str | Path) -> Tokenizer:
     """`data.tokenizer` -> Tokenizer: "clip", or a path to a tokenizer.json (or a folder holding one)."""

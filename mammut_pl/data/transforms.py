@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from PIL import Image
 from torch import Tensor
 from torchvision import transforms as T
@@ -114,6 +115,3 @@ def load_image(path: str, exif_transpose: bool = False) -> Image.Image:
     range); raises FileNotFoundError / ImageError naming the file."""
     return open_rgb(path, exif_transpose=exif_transpose)
 
-
-def stack_images(images: Sequence[Tensor]) -> Tensor:
-    return torch.stack(list(images))

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mammut_pl.data.coco import field, read_json
+from mammut_pl.data.context import EvalContext
 from mammut_pl.data.epochs import ResumableTrainData, SampleRef, batch_position, item_index, seeded_item
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import image_transform, load_image
@@ -230,6 +231,10 @@ class VQAv2DataModule(ResumableTrainData, L.LightningDataModule):
         if split not in self._cache:
             self._cache[split] = [q for s in self._splits(split) for q in read_vqav2(self.root, s)]
         return self._cache[split]
+
+    def eval_context(self) -> EvalContext:
+        return EvalContext(val_split=self.val_split, test_split=self.test_split, eval_questions=self.eval_questions,
+                           majority_answer=self.majority_answer)
 
     def majority_answer(self) -> str:
         return majority_answer(self.questions(self.train_split))

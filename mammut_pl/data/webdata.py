@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from mammut_pl.data.coco import PairCollator
 from mammut_pl.data.images import ImageError
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import FastCrop
@@ -325,16 +326,12 @@ def read_shard_sizes(urls: list[str]) -> list[int] | None:
     return sizes
 
 
-class PairBatcher:
-    def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
-        self.tokenizer, self.context_length = tokenizer, context_length
+
+class PairBatcher(PairCollator):
+    """Web pairs: images, tokens and how many samples the reader skipped before them."""
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "images": torch.stack([it["image"] for it in items]),
-            "tokens": self.tokenizer([it["caption"] for it in items], self.context_length, pad_to_longest=True),
-            "skipped": torch.tensor(sum(it["skipped"] for it in items)),
-        }
+        return {**self.pairs(items), "skipped": torch.tensor(sum(it["skipped"] for it in items))}
 
 
 class WebDataModule(L.LightningDataModule):

@@ -215,9 +215,6 @@ class VideoMaMMUT(MaMMUT):
             return per_frame_tokens(self.visual, self.video, images)
         return self.visual.transformer(self.video(self.visual, images))  # all tokens, ONE pass
 
-    def video_tokens(self, clip: Tensor) -> Tensor:
-        return self.image_tokens(clip)
-
     def inflate_tubes(self) -> None:
         self.video.inflate_from(self.visual)
 

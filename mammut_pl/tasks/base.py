@@ -14,11 +14,13 @@ import torch
 from torch import Tensor
 
 from mammut_pl.config import Config, from_dict
+from mammut_pl.data.context import EvalContext, eval_context
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import normalize_batch
 from mammut_pl.model import MaMMUT
 from mammut_pl.model.towers import load_encoder_weights
 from mammut_pl.scale import FSDP_NAMES, enable_grad_checkpointing
+from mammut_pl.resume import CheckpointError, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +32,13 @@ class NonFiniteLossError(RuntimeError):
 def load_weights(path: str) -> dict[str, Tensor]:
     """Model weights from a suite checkpoint (.ckpt) or a plain state_dict, loaded safely
     (weights_only=True: no code from the file runs)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"model.init_from: checkpoint not found: {p}")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or holds arbitrary objects
-        raise ValueError(f"model.init_from: cannot load {p} as a weights-only checkpoint: {err}") from None
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        obj = read_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"model.init_from: {err}") from None
+    state = obj.get("state_dict", obj)
     if not isinstance(state, dict):
-        raise ValueError(f"model.init_from: {p} holds no state_dict")
+        raise CheckpointError(f"model.init_from: {path} holds no state_dict")
     # suite checkpoints prefix the model's weights with "model."
     if any(k.startswith("model.") for k in state):
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
@@ -59,6 +58,11 @@ class MaMMUTTask(L.LightningModule):
         self.setup_towers()
         if self.cfg.model.compile:
             self.model.compile()  # in place: state_dict keys (and checkpoints) stay the same
+
+    @property
+    def context(self) -> EvalContext | None:
+        """What this task evaluates against, from its datamodule (None: no datamodule attached)."""
+        return eval_context(getattr(self._trainer, "datamodule", None) if self._trainer is not None else None)
 
     def build_model(self) -> MaMMUT:
         return MaMMUT(self.cfg.model.architecture())

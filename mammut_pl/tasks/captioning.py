@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import Tensor
 
 from mammut_pl.config import Config
-from mammut_pl.losses import CaptionLoss, global_batch_mean
+from mammut_pl.losses import CaptionLoss, packed_caption_loss
 from mammut_pl.metrics.captioning import CaptionMetrics
 from mammut_pl.tasks.base import MaMMUTTask, write_results_json
 from mammut_pl.tasks.registry import EvalSpec, TaskSpec, register_eval, register_task
@@ -48,9 +47,7 @@ class CaptioningTask(MaMMUTTask):
     def caption_loss(self, images: Tensor, tokens: Tensor) -> Tensor:
         # packed: padding is skipped and logits are computed only where the next token is real
         out = self.model(images, tokens, contrastive=False, generative=True, packed=True)
-        total = F.cross_entropy(out["caption_logits"].float(), out["caption_targets"], reduction="sum",
-                                label_smoothing=self.cfg.loss.label_smoothing)
-        return global_batch_mean(total, out["caption_targets"].numel())  # mean over the tokens of all ranks
+        return packed_caption_loss(out["caption_logits"], out["caption_targets"], self.cfg.loss.label_smoothing)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         loss = self.caption_loss(batch["images"], batch["tokens"])

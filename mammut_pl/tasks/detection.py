@@ -48,8 +48,8 @@ class DetectionTask(MaMMUTTask):
     # --- class embeddings --------------------------------------------------------------------------
     def class_embeddings(self, which: str) -> Tensor:
         """(K, D) text embeddings of the "train" (base) or "eval" (all) categories."""
-        dm = self.trainer.datamodule
-        cats = dm.train_categories if which == "train" else dm.categories_of(self._eval_file or dm.val_file)
+        ctx = self.context
+        cats = ctx.train_categories() if which == "train" else ctx.categories_of(self._eval_file or ctx.val_file)
         if self.cfg.detection.train_text and self.training:
             return class_text_embeddings(self.model, self.tokenizer, class_names(cats), self.cfg.detection.prompts,
                                          self.cfg.model.context_length)
@@ -63,7 +63,7 @@ class DetectionTask(MaMMUTTask):
     def novel_classes(self, categories: list[dict[str, Any]]) -> Tensor:
         """(K,) bool over the evaluation `categories`: True for those held out of training (LVIS'
         rare ones with detection.base_only), which get detection.vlm_score_weight_novel."""
-        base = {c["id"] for c in self.trainer.datamodule.train_categories}
+        base = {c["id"] for c in self.context.train_categories()}
         return torch.tensor([c["id"] not in base for c in categories])
 
     def on_train_epoch_start(self) -> None:
@@ -86,7 +86,7 @@ class DetectionTask(MaMMUTTask):
         if not d.federated_classes:
             return None
         if self._class_weights is None:  # training images per base class, ^ power
-            counts = self.trainer.datamodule.train_class_image_counts()
+            counts = self.context.train_class_image_counts()
             self._class_weights = torch.tensor(counts, dtype=torch.float64) ** d.federated_power
         seed = (self.cfg.seed * 1_000_003 + self.global_step) * 4099 + self.global_rank
         labels = torch.cat([t["labels"].cpu() for t in targets])
@@ -95,18 +95,18 @@ class DetectionTask(MaMMUTTask):
 
     # --- evaluation -------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._start_eval(self.trainer.datamodule.val_file)
+        self._start_eval(self.context.val_file)
 
     def on_test_epoch_start(self) -> None:
-        self._start_eval(self.trainer.datamodule.test_file)
+        self._start_eval(self.context.test_file)
 
     def _start_eval(self, filename: str) -> None:
         self.results, self._eval_file = [], filename  # scored with that file's own categories
         self._text_cache.pop("eval", None)
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
-        dm = self.trainer.datamodule
-        cats = dm.categories_of(self._eval_file or dm.val_file)
+        ctx = self.context
+        cats = ctx.categories_of(self._eval_file or ctx.val_file)
         out = self.detector(self.model, batch["images"], self.class_embeddings("eval"), self.novel_classes(cats))
         size = batch["images"].shape[-2:]
         for b, image_id in enumerate(batch["image_ids"].tolist()):
@@ -123,13 +123,13 @@ class DetectionTask(MaMMUTTask):
         self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
-        self._score("val", self.trainer.datamodule.val_file)
+        self._score("val", self.context.val_file)
 
     def on_test_epoch_end(self) -> None:
-        dm = self.trainer.datamodule
-        results = self._score("test", dm.test_file)
+        test_file = self.context.test_file
+        results = self._score("test", test_file)
         if self.trainer.is_global_zero:
-            stem = Path(dm.test_file).stem
+            stem = Path(test_file).stem
             self.results_path = write_detections(results, Path(self.trainer.default_root_dir) / f"{stem}_results.json")
             log.info("LVIS detections (%d) written to %s", len(results), self.results_path)
             logger = self.logger
@@ -138,7 +138,7 @@ class DetectionTask(MaMMUTTask):
 
     def _score(self, stage: str, filename: str) -> list[dict[str, Any]]:
         results = gather(self.results)
-        scores = lvis_eval(self.trainer.datamodule.eval_gt(filename), results)
+        scores = lvis_eval(self.context.eval_gt(filename), results)
         # every rank holds every detection (gathered): the same scores everywhere
         for key in LVIS_KEYS:
             # -1 = no category has a value (e.g. no large boxes): logged as is, as LVIS prints it
@@ -207,10 +207,11 @@ def report_lines(cfg: Config, task: DetectionTask, datamodule: Any, metrics: dic
 
 
 def describe_data(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
-    gt = datamodule.eval_gt(datamodule.test_file)
-    return {"data": "lvis", "root": cfg.data.root, "split": split, "annotation_file": datamodule.test_file,
+    ctx = datamodule.eval_context()
+    gt = ctx.eval_gt(ctx.test_file)
+    return {"data": "lvis", "root": cfg.data.root, "split": split, "annotation_file": ctx.test_file,
             "images": len(gt["images"]), "annotations": len(gt["annotations"]),
-            "categories": len(datamodule.categories_of(datamodule.test_file)),
+            "categories": len(ctx.categories_of(ctx.test_file)),
             "subset": limit("detection.max_eval_images", cfg.detection.max_eval_images)}
 
 

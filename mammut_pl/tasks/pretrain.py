@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from mammut_pl.config import Config
-from mammut_pl.losses import CaptionLoss, build_contrastive_loss, global_batch_mean
+from mammut_pl.losses import CaptionLoss, build_contrastive_loss, mammut_loss
 from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
 from mammut_pl.tasks.base import MaMMUTTask
 from mammut_pl.tasks.registry import EvalSpec, TaskSpec, register_eval, register_task
@@ -31,20 +30,7 @@ class PretrainTask(MaMMUTTask):
         # a pass whose weight is 0 is not run at all (CLIP / captioner baselines);
         # packed: padding is skipped, logits only where the next token is real (see MaMMUT.forward)
         out = self.model(images, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True)
-        losses: dict[str, Tensor] = {}
-        total = 0.0
-        if w_con > 0:
-            losses["contrastive_loss"] = self.contrastive_loss(
-                out["image_embed"], out["text_embed"], out["logit_scale"], out["logit_bias"])
-            total = total + w_con * losses["contrastive_loss"]
-        if w_cap > 0:
-            # = self.caption_loss on the full (B, T, V) logits; under DDP, the mean over the
-            # caption tokens of the global batch (ranks hold different numbers of tokens)
-            losses["caption_loss"] = global_batch_mean(F.cross_entropy(
-                out["caption_logits"].float(), out["caption_targets"], reduction="sum",
-                label_smoothing=self.caption_loss.label_smoothing), out["caption_targets"].numel())
-            total = total + w_cap * losses["caption_loss"]
-        losses["loss"] = total
+        losses = mammut_loss(out, self.contrastive_loss, w_con, w_cap, self.caption_loss.label_smoothing)
         losses["logit_scale"] = out["logit_scale"].detach()
         return losses
 

@@ -20,12 +20,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch.nn.functional as F
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import Tensor
 
 from mammut_pl.config import Config
-from mammut_pl.losses import build_contrastive_loss, global_batch_mean
+from mammut_pl.losses import build_contrastive_loss, mammut_loss
 from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
 from mammut_pl.metrics.video_qa import QUESTION_TYPES, VideoQAAccuracy, exact_match
 from mammut_pl.model.video import VideoMaMMUT
@@ -74,9 +73,9 @@ class VideoQATask(VideoModel, VQATask):
         self.results_path: Path | None = None  # where test wrote the answers JSON (set after a test)
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "answer_vocabulary"):
-            vocab = set(dm.answer_vocabulary())
+        ctx = self.context
+        if ctx is not None and ctx.answer_vocabulary is not None:
+            vocab = set(ctx.answer_vocabulary())
             self.val_accuracy.vocabulary = self.test_accuracy.vocabulary = self._vocab_set = vocab
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
@@ -104,7 +103,7 @@ class VideoQATask(VideoModel, VQATask):
         self._log_accuracy(self.test_accuracy, "test")
         results = gather_results(self.results)
         if self.trainer.is_global_zero and results:
-            split = getattr(self.trainer.datamodule, "test_split", "test")
+            split = self.context.test_split if self.context is not None else "test"
             path = write_results_json(results, Path(self.trainer.default_root_dir) / f"msrvtt_qa_{split}_results.json",
                                       "question_id")
             self.results_path = path
@@ -121,15 +120,16 @@ class VideoQATask(VideoModel, VQATask):
     def report_lines(self, metrics: dict[str, float], datamodule: Any) -> list[str]:
         if "test/accuracy" not in metrics:
             return []
+        ctx = datamodule.eval_context()
         types = "  ".join(f"{t} {metrics[f'test/accuracy/{t}']:.1f}" for t in QUESTION_TYPES
                           if f"test/accuracy/{t}" in metrics)
         lines = [f"MSRVTT-QA accuracy (test, top-1 exact match): {metrics['test/accuracy']:.2f}   [{types}]"]
         if "test/majority_baseline" in metrics:
-            lines.append(f"  majority-answer baseline ({datamodule.majority_answer()!r} for every question): "
+            lines.append(f"  majority-answer baseline ({ctx.majority_answer()!r} for every question): "
                          f"{metrics['test/majority_baseline']:.2f}")
         if metrics.get("test/skipped_videos"):
             lines.append(f"  {metrics['test/skipped_videos']:.0f} test videos could not be decoded (counted wrong)")
-        by_id = {q.question_id: q for q in datamodule.eval_questions(datamodule.test_split)}
+        by_id = {q.question_id: q for q in ctx.eval_questions(ctx.test_split)}
         rows = [r for r in self.results if r["question_id"] in by_id][: self.cfg.eval.num_examples]
         if rows:
             lines.append("questions, generated answers and the reference answer:")
@@ -152,19 +152,12 @@ class VideoCaptioningTask(VideoModel, CaptioningTask):
         clips, tokens = batch["images"], batch["tokens"]
         w_con, w_cap = self.cfg.loss.contrastive_weight, self.cfg.loss.caption_weight
         out = self.model(clips, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True)
-        B, total = len(clips), 0.0
-        if w_cap > 0:
-            cap = global_batch_mean(F.cross_entropy(  # mean over the caption tokens of all ranks
-                out["caption_logits"].float(), out["caption_targets"], reduction="sum",
-                label_smoothing=self.cfg.loss.label_smoothing), out["caption_targets"].numel())
-            self.log("train/caption_loss", cap, batch_size=B)
-            total = total + w_cap * cap
-        if w_con > 0:
-            con = self.contrastive_loss(out["image_embed"], out["text_embed"], out["logit_scale"], out["logit_bias"])
-            self.log("train/contrastive_loss", con, batch_size=B)
-            total = total + w_con * con
-        self.log("train/loss", total, prog_bar=True, batch_size=B)
-        return self.check_finite(total)
+        losses = mammut_loss(out, self.contrastive_loss, w_con, w_cap, self.cfg.loss.label_smoothing)
+        for name in ("caption_loss", "contrastive_loss"):
+            if name in losses:
+                self.log(f"train/{name}", losses[name], batch_size=len(clips))
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(clips))
+        return self.check_finite(losses["loss"])
 
     def _eval_step(self, batch: dict[str, Any], metric, stage: str) -> None:
         self.count_skipped(batch, stage)
@@ -208,15 +201,17 @@ def own_report(cfg: Config, task: Any, datamodule: Any, metrics: dict[str, float
 
 
 def describe_qa(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
-    questions = datamodule.eval_questions(datamodule.test_split)
-    return {"data": "msrvtt", "root": cfg.data.root, "split": datamodule.test_split,
+    ctx = datamodule.eval_context()
+    questions = ctx.eval_questions(ctx.test_split)
+    return {"data": "msrvtt", "root": cfg.data.root, "split": ctx.test_split,
             "questions": len(questions), "videos": len({q.video_id for q in questions}),
             "subset": limit("data.max_eval_questions", cfg.data.max_eval_questions)}
 
 
 def describe_captions(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
-    videos = datamodule.videos(datamodule.test_split)
-    return {"data": "msrvtt", "root": cfg.data.root, "split": datamodule.test_split, "videos": len(videos),
+    split = datamodule.eval_context().test_split
+    videos = datamodule.videos(split)
+    return {"data": "msrvtt", "root": cfg.data.root, "split": split, "videos": len(videos),
             "captions": sum(len(v.captions) for v in videos),
             "retrieval_sentences": sum(bool(v.retrieval_text) for v in videos),
             "subset": limit("data.max_eval_questions", cfg.data.max_eval_questions)}
@@ -256,7 +251,7 @@ register_eval(EvalSpec("videoqa", task="video_qa", own_data="msrvtt_qa", lines=q
                        metrics=("accuracy", *(f"accuracy/{t}" for t in QUESTION_TYPES), "majority_baseline",
                                 "skipped_videos"),
                        describe=describe_qa, set_split=set_test_split, decoding=True,
-                       extra=lambda dm: {"majority_answer": dm.majority_answer()}, skipped="questions whose video"))
+                       extra=lambda dm: {"majority_answer": dm.eval_context().majority_answer()}, skipped="questions whose video"))
 register_eval(EvalSpec("video_caption", task="video_captioning", own_data="msrvtt_caption", lines=caption_table,
                        metrics=(*CAPTION_KEYS, *VIDEO_RECALL_KEYS, "skipped_videos"),
                        describe=describe_captions, set_split=set_test_split, decoding=True))

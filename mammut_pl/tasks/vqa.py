@@ -80,9 +80,9 @@ class VQATask(MaMMUTTask):
     def on_test_epoch_end(self) -> None:
         self._log_accuracy(self.test_accuracy, "test")
         results = gather_results(self.results)
-        dm = getattr(self.trainer, "datamodule", None)
-        if self.trainer.is_global_zero and results and dm is not None:
-            path = write_results(results, Path(self.trainer.default_root_dir) / f"vqa_{dm.test_split}_results.json")
+        ctx = self.context
+        if self.trainer.is_global_zero and results and ctx is not None:
+            path = write_results(results, Path(self.trainer.default_root_dir) / f"vqa_{ctx.test_split}_results.json")
             log.info("VQA results (%d answers) written to %s", len(results), path)
             logger = self.logger
             if logger is not None and hasattr(logger, "run_id"):
@@ -112,12 +112,12 @@ class VQATask(MaMMUTTask):
 
     def majority_baseline(self, stage: str) -> float | None:
         """VQA accuracy of always answering the most frequent training answer (the bar to clear)."""
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "majority_answer"):
+        ctx = self.context
+        if ctx is None or ctx.majority_answer is None:
             return None
         if stage not in self._baselines:
-            split = dm.val_split if stage == "val" else dm.test_split
-            self._baselines[stage] = self.constant_answer_score(dm.majority_answer(), dm.eval_questions(split))
+            split = ctx.val_split if stage == "val" else ctx.test_split
+            self._baselines[stage] = self.constant_answer_score(ctx.majority_answer(), ctx.eval_questions(split))
         return self._baselines[stage]
 
     def constant_answer_score(self, answer: str, questions: list) -> float:
@@ -155,9 +155,10 @@ def report_lines(cfg: Config, task: VQATask, datamodule: Any, metrics: dict[str,
     acc = metrics["test/vqa_accuracy"]
     types = "  ".join(f"{t} {metrics[f'test/vqa_accuracy/{t}']:.1f}" for t in ("yes/no", "number", "other")
                       if f"test/vqa_accuracy/{t}" in metrics)
-    lines = [f"VQA accuracy ({datamodule.test_split}): {acc:.2f}   [{types}]"]
+    ctx = datamodule.eval_context()
+    lines = [f"VQA accuracy ({ctx.test_split}): {acc:.2f}   [{types}]"]
     if "test/majority_baseline" in metrics:
-        lines.append(f"  majority-answer baseline ({datamodule.majority_answer()!r} for every question): "
+        lines.append(f"  majority-answer baseline ({ctx.majority_answer()!r} for every question): "
                      f"{metrics['test/majority_baseline']:.2f}")
     batch = next(iter(datamodule.test_dataloader()))
     task.model.eval()
