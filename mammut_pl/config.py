@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mammut_pl.detection_config import DetectionConfig
-from mammut_pl.model.config import MaMMUTConfig
+from mammut_pl.model.config import PRESETS, MaMMUTConfig
 from mammut_pl.model.video_config import VideoConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -209,7 +209,7 @@ def _valid_keys(node: Any, prefix: str = "") -> list[str]:
 def _friendly(err: OmegaConfBaseException, base: DictConfig, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     if isinstance(err, ConfigKeyError) or "not in" in str(err):
-        near = difflib.get_close_matches(key, _valid_keys(base), n=1, cutoff=0.5)
+        near = difflib.get_close_matches(key, [*_valid_keys(base), "model.preset"], n=1, cutoff=0.5)
         hint = f" Did you mean `{near[0]}`?" if near else ""
         return ConfigError(f"unknown config key `{key}` ({source}).{hint}")
     msg = str(err).splitlines()[0]
@@ -228,6 +228,24 @@ def parse_overrides(args: list[str]) -> tuple[str, list[str]]:
         else:
             rest.append(arg)
     return experiment, rest
+
+
+def _apply_preset(merged: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    """`model.preset: NAME` in a layer sets every architecture key to MaMMUTConfig.from_name(NAME)
+    (litgpt-style); the layer's explicit model.* keys then override it. Pops the key from the layer."""
+    model = layer.get("model")
+    if not isinstance(model, DictConfig) or "preset" not in model:
+        return merged
+    name = str(model.pop("preset"))
+    try:
+        arch = dataclasses.asdict(MaMMUTConfig.from_name(name))
+    except ValueError as err:
+        near = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f" Did you mean `model.preset={near[0]}`?" if near else ""
+        raise ConfigError(f"`model.preset` ({source}): {err}.{hint}") from None
+    merged = OmegaConf.merge(merged, {"model": arch})
+    merged.model.encoder_kwargs = arch["encoder_kwargs"]  # replaced, not merged: the preset's own ViT
+    return merged
 
 
 def load(experiment: str = "", overrides: list[str] | None = None) -> Config:
@@ -250,7 +268,7 @@ def load(experiment: str = "", overrides: list[str] | None = None) -> Config:
         if isinstance(layer, ListConfig):
             raise ConfigError(f"{source}: expected a mapping of config keys, got a list")
         try:
-            merged = OmegaConf.merge(merged, layer)
+            merged = OmegaConf.merge(_apply_preset(merged, layer, source), layer)
         except OmegaConfBaseException as err:
             raise _friendly(err, base, source) from None
     if experiment:

@@ -87,3 +87,36 @@ def test_typed_video_defaults_are_tubevits_clip():
     assert all(0 not in s.grid(v.num_frames, cfg.model.image_size, cfg.model.image_size) for s in v.specs)
     with pytest.raises(C.ConfigError, match="16x4x4"):  # the old default clip length is refused
         C.load("", ["task=video_qa", "data.name=msrvtt", "video.num_frames=16"])
+
+
+def test_experiments_resolve_as_before_presets():
+    """The experiment files lost their repeated model block (now `model.preset: tiny`) and the keys that
+    restated typed defaults; every experiment must still resolve to the config its old file gave
+    (tests/data/experiments_resolved.json, dumped from the files before that edit)."""
+    import json
+    from pathlib import Path
+
+    before = json.loads((Path(__file__).parent / "data" / "experiments_resolved.json").read_text())
+    assert set(before) <= set(C.list_experiments())
+    for name, resolved in before.items():
+        now = json.loads(json.dumps(C.to_dict(C.load(name))))  # tuples -> lists, as the snapshot
+        assert now == resolved, name
+
+
+def test_model_preset_then_explicit_keys():
+    from mammut_pl.model.config import PRESETS
+
+    cfg = C.load("", ["model.preset=tiny", "model.depth=2", "model.num_cross_attn=1"])
+    assert (cfg.model.encoder, cfg.model.width, cfg.model.encoder_kwargs) == (
+        PRESETS["tiny"]["encoder"], PRESETS["tiny"]["width"], PRESETS["tiny"]["encoder_kwargs"])
+    assert cfg.model.depth == 2 and cfg.model.num_cross_attn == 1  # explicit keys win over the preset
+    # a preset on the command line sets the whole architecture, even over an experiment's model keys:
+    # demo's ViT kwargs (patch 8, 4 blocks) do not leak into b32
+    b32 = C.load("demo", ["model.preset=b32"])
+    assert b32.model.architecture() == C.MaMMUTConfig.from_name("b32", cpe_grid=b32.model.cpe_grid)  # derived
+    assert b32.data.batch_size == 64  # the rest of the experiment stays
+
+
+def test_model_preset_unknown_named():
+    with pytest.raises(C.ConfigError, match=r"`model.preset` \(command line\).*tiyn.*Did you mean `model.preset=tiny`"):
+        C.load("demo", ["model.preset=tiyn"])
