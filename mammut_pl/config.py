@@ -22,6 +22,7 @@ from mammut_pl.model.video_config import VideoConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+BASES_DIR = EXPERIMENTS_DIR / "base"  # shared settings an experiment includes with `base: NAME`
 
 
 class ConfigError(ValueError):
@@ -230,6 +231,27 @@ def parse_overrides(args: list[str]) -> tuple[str, list[str]]:
     return experiment, rest
 
 
+def _read_yaml(path: Path) -> Any:
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # yaml syntax
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def _experiment_layers(path: Path) -> list[tuple[str, Any]]:
+    """The experiment file, after the file its top-level `base: NAME` names (experiments/base/NAME.yaml,
+    the settings that several experiments share); the experiment's own keys win."""
+    layer = _read_yaml(path)
+    if not isinstance(layer, DictConfig) or "base" not in layer:
+        return [(str(path), layer)]
+    name = str(layer.pop("base"))
+    base_path = BASES_DIR / f"{name}.yaml"
+    if not base_path.is_file():
+        known = sorted(p.stem for p in BASES_DIR.glob("*.yaml"))
+        raise ConfigError(f"`base` ({path}): no file {base_path}. Known: {', '.join(known)}")
+    return [(str(base_path), _read_yaml(base_path)), (str(path), layer)]
+
+
 def _apply_preset(merged: DictConfig, layer: DictConfig, source: str) -> DictConfig:
     """`model.preset: NAME` in a layer sets every architecture key to MaMMUTConfig.from_name(NAME)
     (litgpt-style); the layer's explicit model.* keys then override it. Pops the key from the layer."""
@@ -253,11 +275,7 @@ def load(experiment: str = "", overrides: list[str] | None = None) -> Config:
     base = OmegaConf.structured(Config)
     layers: list[tuple[str, Any]] = []
     if experiment:
-        path = _experiment_file(experiment)
-        try:
-            layers.append((str(path), OmegaConf.load(path)))
-        except Exception as err:  # yaml syntax
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        layers += _experiment_layers(_experiment_file(experiment))
     if overrides:
         try:
             layers.append(("command line", OmegaConf.from_dotlist(overrides)))

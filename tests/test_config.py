@@ -120,3 +120,18 @@ def test_model_preset_then_explicit_keys():
 def test_model_preset_unknown_named():
     with pytest.raises(C.ConfigError, match=r"`model.preset` \(command line\).*tiyn.*Did you mean `model.preset=tiny`"):
         C.load("demo", ["model.preset=tiyn"])
+
+
+def test_experiment_base_file(tmp_path):
+    """`base: NAME` merges experiments/base/NAME.yaml first; the experiment's own keys win; an unknown
+    base is named with the known ones."""
+    own = tmp_path / "mine.yaml"
+    own.write_text("base: demo_scale\ntask: captioning\ndata: {name: coco, root: data/demo/coco, batch_size: 8}\n")
+    cfg = C.load(str(own))
+    assert cfg.data.batch_size == 8  # own key over the base's 64
+    assert cfg.data.tokenizer == "data/demo/tokenizer.json" and cfg.model.width == 192  # from the base
+    assert cfg.trainer["max_steps"] == 1500
+    own.write_text("base: demo_scael\ntask: pretrain\n")
+    with pytest.raises(C.ConfigError, match=r"`base` \(.*mine.yaml\): no file .*demo_scael.yaml. Known: demo_scale"):
+        C.load(str(own))
+    assert "base" not in C.list_experiments()  # bases are not experiments
