@@ -4,6 +4,7 @@ before any work starts, naming the key (and the closest valid one)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -207,8 +208,32 @@ def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+# Keys that moved, {"old.key": "new.key"}: an old key in a YAML or on the command line stops the
+# run naming the new one; configs stored in older checkpoints are moved over (`migrate`).
+RENAMED: dict[str, str] = {}
+
+
+def migrate(stored: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a stored config dict with its RENAMED keys moved to their new place."""
+    out = copy.deepcopy(stored)
+    for old, new in RENAMED.items():
+        *path, leaf = old.split(".")
+        node: Any = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            *new_path, new_leaf = new.split(".")
+            target = out
+            for part in new_path:
+                target = target.setdefault(part, {})
+            target[new_leaf] = node.pop(leaf)
+    return out
+
+
 def _friendly(err: OmegaConfBaseException, base: DictConfig, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
+    if key in RENAMED:
+        return ConfigError(f"`{key}` was renamed to `{RENAMED[key]}` ({source})")
     if isinstance(err, ConfigKeyError) or "not in" in str(err):
         near = difflib.get_close_matches(key, [*_valid_keys(base), "model.preset"], n=1, cutoff=0.5)
         hint = f" Did you mean `{near[0]}`?" if near else ""
@@ -305,7 +330,7 @@ def load(experiment: str = "", overrides: list[str] | None = None) -> Config:
 def from_dict(d: dict[str, Any]) -> Config:
     """A typed Config from a plain dict (e.g. the one stored in a checkpoint)."""
     try:
-        cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), migrate(d)))
     except OmegaConfBaseException as err:
         raise _friendly(err, OmegaConf.structured(Config), "stored config") from None
     derive(cfg)

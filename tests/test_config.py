@@ -1,6 +1,7 @@
 """Config: typed defaults <- experiment <- overrides; bad keys/values named before any work."""
 
 import pytest
+from omegaconf import OmegaConf
 
 from mammut_pl import config as C
 from mammut_pl.fit import main
@@ -135,3 +136,36 @@ def test_experiment_base_file(tmp_path):
     with pytest.raises(C.ConfigError, match=r"`base` \(.*mine.yaml\): no file .*demo_scael.yaml. Known: demo_scale"):
         C.load(str(own))
     assert "base" not in C.list_experiments()  # bases are not experiments
+
+
+@pytest.fixture
+def renamed_key(monkeypatch):
+    """A rename in the table (the real entries come and go with the config's history)."""
+    monkeypatch.setitem(C.RENAMED, "eval.num_examples_shown", "eval.num_examples")
+    return "eval.num_examples_shown", "eval.num_examples"
+
+
+def test_renamed_key_names_the_new_one(renamed_key, tmp_path):
+    old, new = renamed_key
+    with pytest.raises(C.ConfigError, match=rf"^`{old}` was renamed to `{new}` \(command line\)$"):
+        C.load("demo", [f"{old}=3"])
+    yaml = tmp_path / "old.yaml"
+    yaml.write_text("eval:\n  num_examples_shown: 3\n")
+    with pytest.raises(C.ConfigError, match=rf"`{old}` was renamed to `{new}` \(.*old.yaml\)"):
+        C.load(str(yaml))
+
+
+def test_stored_config_with_renamed_key_is_moved_over(renamed_key):
+    """An older checkpoint's config (old key) loads, its value under the new key."""
+    stored = C.to_dict(C.load("demo"))
+    del stored["eval"]["num_examples"]
+    stored["eval"]["num_examples_shown"] = 3
+    assert C.from_dict(stored).eval.num_examples == 3
+    assert stored["eval"]["num_examples_shown"] == 3  # the caller's dict is left as it was
+
+
+def test_renamed_table_targets_exist():
+    """Every new name in RENAMED is a key of the typed config (a rename into nothing would be a trap)."""
+    valid = set(C._valid_keys(OmegaConf.structured(C.Config)))
+    assert all(new in valid for new in C.RENAMED.values()), C.RENAMED
+    assert not set(C.RENAMED) & valid  # and no old name is still a key
