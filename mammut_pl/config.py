@@ -70,6 +70,24 @@ class LossConfig:
 
 
 @dataclass
+class MSRVTTFiles:
+    """`data.msrvtt.*`: where the MSRVTT files are, relative to data.root."""
+
+    video_dir: str = "videos"  # video{id}.mp4/.avi/.webm
+    captions_file: str = "MSRVTT_data.json"  # or train_val_videodatainfo.json
+    retrieval_csv: str = "MSRVTT_JSFUSION_test.csv"  # 1k-A test split (text -> video retrieval)
+
+
+@dataclass
+class LVISFiles:
+    """`data.lvis.*`: the LVIS annotation files in data.root (v1 or v0.5)."""
+
+    train_file: str = "lvis_v1_train.json"
+    val_file: str = "lvis_v1_val.json"
+    test_file: str = ""  # "" = val_file
+
+
+@dataclass
 class DataConfig:
     name: str = "webdata"  # webdata | coco | vqav2 | lvis (which LightningDataModule)
     root: str = "data/demo/webdata"  # the dataset, in its published layout
@@ -101,6 +119,8 @@ class DataConfig:
     vqa_prompt: str = "question: {question} answer:"  # the decoder's prompt; {question} is filled in
     max_answer_tokens: int = 8  # training answers are cut to this many tokens
     max_eval_questions: int = 0  # 0 = all
+    msrvtt: MSRVTTFiles = field(default_factory=MSRVTTFiles)  # data.name=msrvtt (video tasks)
+    lvis: LVISFiles = field(default_factory=LVISFiles)  # data.name=lvis (task=detection)
     # read by no datamodule; kept so that configs stored in older checkpoints still load
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -142,10 +162,7 @@ class VideoSettings(VideoConfig):
     num_frames: int = 32  # T frames per clip (TubeViT's clip length: its default tubes need >= 20)
     fps: float = 8.0  # sampled at this rate (a window of T / fps seconds); 0 = spread over the whole video
     sampling: str = "random"  # training: random window start + random point per segment; "uniform": centres
-    video_dir: str = "videos"  # video{id}.mp4/.avi/.webm, relative to data.root
     answer_vocab_size: int = 1000  # VideoQA: top-K training answers; answers outside count as wrong
-    captions_file: str = "MSRVTT_data.json"  # or train_val_videodatainfo.json
-    retrieval_csv: str = "MSRVTT_JSFUSION_test.csv"  # 1k-A test split (text -> video retrieval)
     cache_clips: bool = False  # keep every decoded frame in memory, per worker (small demo clips only)
     # learning-rate multiplier for what the video model adds to the image model (the tube
     # projections and the gate): they start from inflated / zero values and must learn the time axis
@@ -210,7 +227,10 @@ def _valid_keys(node: Any, prefix: str = "") -> list[str]:
 
 # Keys that moved, {"old.key": "new.key"}: an old key in a YAML or on the command line stops the
 # run naming the new one; configs stored in older checkpoints are moved over (`migrate`).
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {
+    **{f"video.{k}": f"data.msrvtt.{k}" for k in ("video_dir", "captions_file", "retrieval_csv")},
+    **{f"detection.{k}": f"data.lvis.{k}" for k in ("train_file", "val_file", "test_file")},
+}
 
 
 def migrate(stored: dict[str, Any]) -> dict[str, Any]:

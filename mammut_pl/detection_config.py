@@ -12,9 +12,6 @@ DEFAULT_PROMPTS = ["a {}", "a photo of a {}", "a picture of a {}"]
 @dataclass
 class DetectionConfig:
     image_size: int = 1024  # detection resolution (square canvas); positions resampled from model.image_size
-    train_file: str = "lvis_v1_train.json"  # LVIS annotation files in data.root (v1 or v0.5)
-    val_file: str = "lvis_v1_val.json"
-    test_file: str = ""  # "" = val_file
     base_only: bool = True  # open vocabulary: rare ('r') categories are removed from training
     jitter_min: float = 0.1  # large-scale jitter: output scale range of the image (1.0, 1.0 = plain resize)
     jitter_max: float = 2.0

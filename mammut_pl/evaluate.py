@@ -29,7 +29,7 @@ videoqa / video_caption / detection score a checkpoint trained with that task
 (experiment=msrvtt_qa / msrvtt_caption / lvis) on the dataset it was trained on
 (data.root= points elsewhere), with its task's own test loop and metrics: split=test
 (default) or val (MSRVTT: {split}_qa.json, or the captions file's split; LVIS: the
-detection.test_file annotations, which default to val_file, or val_file). Another
+data.lvis.test_file annotations, which default to val_file, or val_file). Another
 checkpoint is refused, naming both tasks. data.max_eval_questions= (video) and
 detection.max_eval_images= score the first ones only (the report says so).
 

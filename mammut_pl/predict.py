@@ -27,7 +27,7 @@ reported and skipped; the others go on.
 Detection: each image is resized (long side = detection.image_size) and padded as in
 evaluation; boxes are printed as x, y, w, h in the original image's pixels with the
 category and score. The vocabulary is the checkpoint's LVIS categories (read from
-data.root / detection.val_file) or categories="name,name,...": open vocabulary, each
+data.root / data.lvis.val_file) or categories="name,name,...": open vocabulary, each
 name embedded by the text side through the task's detection.prompts templates.
 score_threshold= (0.3) hides the weaker detections (at most detection.max_detections
 per image).

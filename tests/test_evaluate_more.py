@@ -179,7 +179,7 @@ def test_evaluate_detection_equals_lvis_eval_of_its_results(world, ckpts, tmp_pa
 
 
 def test_evaluate_detection_test_file_alone(world, ckpts, tmp_path):
-    """detection.test_file= alone scores that file (no lvis_v1_val.json needed), with its own categories:
+    """data.lvis.test_file= alone scores that file (no lvis_v1_val.json needed), with its own categories:
     a v0.5-style copy of the val file lacking the last category (and its boxes)."""
     root = tmp_path / "lvis05"
     shutil.copytree(world / "lvis", root)
@@ -190,7 +190,7 @@ def test_evaluate_detection_test_file_alone(world, ckpts, tmp_path):
     (root / "lvis_v0.5_val.json").write_text(json.dumps(gt))
     (root / "lvis_v1_val.json").unlink()
     assert evaluate.main(["task=detection", f"ckpt={ckpts['detection']}", f"data.root={root}",
-                          "detection.test_file=lvis_v0.5_val.json", f"out={tmp_path}", *QUIET]) == 0
+                          "data.lvis.test_file=lvis_v0.5_val.json", f"out={tmp_path}", *QUIET]) == 0
     report = json.loads((tmp_path / "detection_lvis_test.json").read_text())
     assert report["annotation_file"] == "lvis_v0.5_val.json" and report["categories"] == len(gt["categories"])
     results = json.loads((tmp_path / "lvis_v0.5_val_results.json").read_text())

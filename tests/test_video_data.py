@@ -285,5 +285,5 @@ def test_training_gives_up_with_a_clear_error_when_no_video_decodes(msrvtt, tok,
     dm = MSRVTTDataModule(str(root), tok, image_size=32, context_length=32, batch_size=4, num_workers=0,
                           num_frames=4, fps=4.0)
     dm.setup("fit")
-    with pytest.raises(VideoError, match="training videos in a row could not be decoded.*video.video_dir"):
+    with pytest.raises(VideoError, match="training videos in a row could not be decoded.*data.msrvtt.video_dir"):
         next(iter(dm.train_dataloader()))

@@ -96,10 +96,10 @@ def _msrvtt(cfg: Config, tokenizer: Tokenizer, task: str = "caption") -> L.Light
 
     d, v = cfg.data, cfg.video
     return MSRVTTDataModule(d.root, task=task, eval_batch_size=d.eval_batch_size, num_frames=v.num_frames, fps=v.fps,
-                            sampling=v.sampling, video_dir=v.video_dir, answer_vocab_size=v.answer_vocab_size,
+                            sampling=v.sampling, video_dir=d.msrvtt.video_dir, answer_vocab_size=v.answer_vocab_size,
                             prompt=d.vqa_prompt, max_answer_tokens=d.max_answer_tokens,
-                            max_eval_questions=d.max_eval_questions, captions_file=v.captions_file,
-                            retrieval_csv=v.retrieval_csv, cache_clips=v.cache_clips, test_split=d.test_split,
+                            max_eval_questions=d.max_eval_questions, captions_file=d.msrvtt.captions_file,
+                            retrieval_csv=d.msrvtt.retrieval_csv, cache_clips=v.cache_clips, test_split=d.test_split,
                             seed=cfg.seed, **_common(cfg, tokenizer))
 
 
@@ -116,8 +116,8 @@ def _lvis(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule:
     from mammut_pl.data.lvis import LVISDataModule
 
     d, t = cfg.data, cfg.detection
-    return LVISDataModule(d.root, image_size=t.image_size, train_file=t.train_file, val_file=t.val_file,
-                          test_file=t.test_file, base_only=t.base_only, jitter=(t.jitter_min, t.jitter_max),
+    return LVISDataModule(d.root, image_size=t.image_size, train_file=d.lvis.train_file, val_file=d.lvis.val_file,
+                          test_file=d.lvis.test_file, base_only=t.base_only, jitter=(t.jitter_min, t.jitter_max),
                           batch_size=d.batch_size, eval_batch_size=d.eval_batch_size, num_workers=d.num_workers,
                           max_eval_images=t.max_eval_images, seed=cfg.seed)
 

@@ -1,6 +1,6 @@
 """MSR-VTT in its published layouts: videos, MSRVTT-QA, captions and the 1k-A retrieval split.
 
-    ROOT/VIDEO_DIR/video{id}.mp4 (or .avi / .webm)          VIDEO_DIR: video.video_dir, "videos"
+    ROOT/VIDEO_DIR/video{id}.mp4 (or .avi / .webm)          VIDEO_DIR: data.msrvtt.video_dir, "videos"
     ROOT/{train,val,test}_qa.json                           MSRVTT-QA (Xu et al. 2017):
         [{"question", "answer", "video_id": 0, "id": 0, "category_id": ...}, ...]
     ROOT/MSRVTT_data.json (or train_val_videodatainfo.json) captions:
@@ -402,7 +402,7 @@ class _TrainableClips(_Clips):
             while clip is None:
                 if replaced == MAX_REPLACEMENTS:
                     raise VideoError(f"{MAX_REPLACEMENTS} training videos in a row could not be decoded (the last: "
-                                     f"{self.path_of(index)}); check data.root and video.video_dir")
+                                     f"{self.path_of(index)}); check data.root and data.msrvtt.video_dir")
                 replaced += 1
                 index = int(draw.integers(len(self)))
                 clip, extra = self.positioned_clip(i, self.path_of(index))

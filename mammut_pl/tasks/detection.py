@@ -217,7 +217,7 @@ def describe_data(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
 
 def set_test_split(cfg: Config, split: str) -> None:
     if split == "val":
-        cfg.detection.test_file = cfg.detection.val_file
+        cfg.data.lvis.test_file = cfg.data.lvis.val_file
 
 
 def ap_table(report: dict[str, Any]) -> list[str]:

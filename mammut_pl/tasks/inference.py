@@ -111,7 +111,7 @@ def describe_videos(task: Any, cfg: Config, paths: list[Path], question: str = "
 # --- detection -----------------------------------------------------------------------------------
 def detection_vocabulary(cfg: Config, categories: str = "") -> tuple[list[str], list[int | None]]:
     """(readable class names, LVIS category ids or None): the given names, else the checkpoint's
-    LVIS categories (data.root / detection.val_file, sorted by id as the task scores them)."""
+    LVIS categories (data.root / data.lvis.val_file, sorted by id as the task scores them)."""
     from mammut_pl.data.coco import read_json
     from mammut_pl.model.detection import class_names
 
@@ -123,9 +123,9 @@ def detection_vocabulary(cfg: Config, categories: str = "") -> tuple[list[str], 
     from mammut_pl.data.builders import prepare_data
 
     prepare_data(cfg)  # the demo world, if the checkpoint was trained on it and it is not here
-    path = Path(cfg.data.root) / cfg.detection.val_file
+    path = Path(cfg.data.root) / cfg.data.lvis.val_file
     try:
-        data = read_json(path, "the checkpoint's LVIS categories (data.root / detection.val_file)")
+        data = read_json(path, "the checkpoint's LVIS categories (data.root / data.lvis.val_file)")
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err}; give data.root=/path/to/lvis or categories=\"name,name,...\"") from None
     cats = sorted(data.get("categories", []) if isinstance(data, dict) else [], key=lambda c: c["id"])
