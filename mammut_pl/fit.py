@@ -21,6 +21,8 @@ trainer.max_steps=100, 'trainer.devices=[0,1]').
 
 experiments: {experiments}
 top-level keys: {keys}
+model.preset=NAME ({presets}) sets the whole architecture;
+model.* keys after it override it.
 special: print_config=true prints the resolved config and exits;
          ckpt_path=last resumes the experiment's latest run (same MLflow run).
 """
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="MLFlow only allows")
     if any(a in ("-h", "--help", "help") for a in argv):
         keys = ", ".join(f.name for f in dataclasses.fields(Config))
-        print(USAGE.format(experiments=", ".join(config_lib.list_experiments()), keys=keys))
+        print(USAGE.format(experiments=", ".join(config_lib.list_experiments()), keys=keys,
+                           presets=", ".join(config_lib.PRESETS)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

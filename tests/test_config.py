@@ -51,7 +51,7 @@ def test_experiment_typo_suggests():
 def test_cli_exit_codes(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "demo" in out and "pretrain" in out and "ckpt_path" in out
+    assert "demo" in out and "pretrain" in out and "ckpt_path" in out and "model.preset=NAME (test, tiny," in out
     assert main(["experiment=demo", "print_config=true", "model.depth=6"]) == 0
     out = capsys.readouterr().out
     assert "depth: 6" in out and "encoder: vit_tiny_patch16_224" in out
