@@ -197,7 +197,7 @@ def interleaved_rates(passes: dict[str, Callable[[], int]], warmup: int, rounds:
 def reader_rates(tmp: Path, n_images: int, n_clips: int, rounds: int) -> dict[str, Any]:
     from mammut_pl.bench import CAPTIONS
     from mammut_pl.data.coco import CaptionedImage, CaptionPairs, RetrievalImages
-    from mammut_pl.data.msrvtt import ClipTransform, _Clips, eval_clip_reader
+    from mammut_pl.data.video_decode import ClipReader, ClipTransform, eval_clip_reader
     from mammut_pl.data.transforms import image_transform
     from mammut_pl.data.vqav2 import VQADataset, VQAQuestion
 
@@ -213,7 +213,7 @@ def reader_rates(tmp: Path, n_images: int, n_clips: int, rounds: int) -> dict[st
     frames = [np.asarray(img.resize((320, 240), Image.Resampling.BILINEAR))
               for img in photo_variants(min(30, 4 * n_clips + 4), seed=2)]
     write_video_sized(video, frames)
-    train_clips = _Clips(ClipTransform(OUTPUT_SIZE, train=True), 8, 0.0, random=True)
+    train_clips = ClipReader(ClipTransform(OUTPUT_SIZE, train=True), 8, 0.0, random=True)
     eval_clips = eval_clip_reader(OUTPUT_SIZE, 8, 0.0)
     train_pairs = CaptionPairs(records, image_transform(OUTPUT_SIZE, True))
     eval_images = RetrievalImages(records, image_transform(OUTPUT_SIZE, False))
