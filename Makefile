@@ -64,7 +64,7 @@ test-stress: setup ## `make test` STRESS_RUNS=3 times in a row beside STRESS_HOG
 	@PY=$(PY) bash scripts/test_stress.sh $(STRESS_RUNS) $(STRESS_HOGS)
 
 bench: setup .venv/.bench-stamp ## time mammut_pl vs CoCa/CLIP/lucidrains side by side (installs the bench extras; 12 min on 2 CPU cores; ARGS=--quick: 7 min, --smoke: seconds)
-	@$(PY) -m mammut_pl.bench $(ARGS)
+	@$(PY) -m bench $(ARGS)
 
 .venv/.bench-stamp: pyproject.toml constraints.txt
 	@$(PY) -m pip install -q -c constraints.txt -e ".[bench]"

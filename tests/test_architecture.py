@@ -3,7 +3,9 @@
 - per-task knowledge lives in mammut_pl/tasks/ (the registry): no module outside it branches on
   the task (`task == "vqa"`, `cfg.task in (...)`, `TABLE[cfg.task]`, `task.startswith(...)`);
 - imports go one way, model <- losses/metrics/config <- data <- tasks <- runtime <- CLIs, and no
-  module imports an entry point (fit, evaluate, predict, sweep, bench are command lines only).
+  module imports an entry point (fit, evaluate, predict, sweep, bench are command lines only);
+- the tools live beside the library: the benchmark in bench/ (mammut_pl.bench only forwards the old
+  `python -m mammut_pl.bench` to it), and no package module imports it.
 """
 
 from __future__ import annotations
@@ -142,6 +144,25 @@ def test_imports_go_one_way_and_nothing_imports_an_entry_point():
             elif layer(target) > layer(name):
                 wrong.append(f"{name}:{line} (layer {layer(name)}) imports {target} (layer {layer(target)})")
     assert not wrong, "\n".join(wrong)
+
+
+def benchmark_imports(tree: ast.AST) -> list[int]:
+    """Lines that import the top-level benchmark package `bench` (or a module of it)."""
+    lines = []
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        lines += [node.lineno for n in names if n == "bench" or n.startswith("bench.")]
+    return lines
+
+
+def test_the_benchmark_is_outside_the_package_and_unimported():
+    assert (PACKAGE.parent / "bench" / "run.py").is_file() and not (PACKAGE / "bench_data.py").exists()
+    assert benchmark_imports(ast.parse("import bench\nfrom bench.run import main\nfrom mammut_pl import bench\n")) == [1, 2]
+    wrong = {name: found for name, path in modules().items() if (found := benchmark_imports(ast.parse(path.read_text())))}
+    assert not wrong, f"package modules import the benchmark (bench/ is a tool beside the library): {wrong}"
+    shim = modules()["mammut_pl.bench"].read_text()
+    assert len([ln for ln in shim.splitlines() if ln.strip()]) < 20, "mammut_pl/bench.py only forwards to bench/"
 
 
 def test_the_import_check_sees_lazy_and_upward_imports():

@@ -1,4 +1,4 @@
-"""`python -m mammut_pl.bench --smoke` runs every section on tiny models and writes
+"""`python -m bench --smoke` runs every section on tiny models and writes
 well-formed results. No timing is asserted: benchmarks, not timed tests."""
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mammut_pl import bench
+from bench import run as bench
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run([sys.executable, "-m", "mammut_pl.bench", "--smoke", "--threads", "1", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--threads", "1", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "latest.json").read_text()), proc.stdout
@@ -165,6 +165,13 @@ def test_summary_and_cli_validation():
         bench.main(["--quick", "--smoke"])
     with pytest.raises(SystemExit):
         bench.main(["--threads", "0"])
+
+
+@pytest.mark.parametrize("module", ["bench", "mammut_pl.bench"])  # the old form still runs the benchmark
+def test_both_command_forms_reach_the_benchmark(module, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", module, "--quick", "--smoke"], cwd=tmp_path if module == "mammut_pl.bench"
+                          else ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "python -m bench" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_missing_extra_skips_its_contender_with_the_reason(monkeypatch):

@@ -427,3 +427,27 @@ def test_refuses_foreign_folder(tmp_path):
     with pytest.raises(FileExistsError, match="--force"):
         write_demo(out, tiny=True)
     assert (out / "precious.txt").exists()
+
+
+HASHES = Path(__file__).parent / "data" / "demo_hashes.json"
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_unchanged_world(root):
+    """The tiny seed-0 world, file by file, as written before the demo package was split per writer
+    (tests/data/demo_hashes.json). A deliberate change to the world bumps demo.VERSION and rewrites that
+    file: python -c "from tests.test_demo_data import *; write_hashes()" (mp4 bytes also follow the
+    PyAV/x264 build, JPEG bytes the Pillow/libjpeg build: regenerate after upgrading those)."""
+    want, got = json.loads(HASHES.read_text()), file_hashes(root)
+    changed = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+    assert not changed, f"{len(changed)} demo files differ from {HASHES}: {changed[:10]}"
+
+
+def write_hashes() -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        HASHES.write_text(json.dumps(file_hashes(write_demo(Path(tmp) / "world", seed=0, tiny=True)), indent=1) + "\n")

@@ -25,8 +25,9 @@ from test_captioning_eval import SMALL_MODEL
 from mammut_pl import config as config_lib
 from mammut_pl import evaluate, predict
 from mammut_pl.checkpoint import load_task
-from mammut_pl.data.msrvtt import ClipTransform, answer_vocabulary, read_msrvtt_qa, read_video
+from mammut_pl.data.msrvtt import answer_vocabulary, read_msrvtt_qa
 from mammut_pl.data.tokenizer import build_tokenizer
+from mammut_pl.data.video_decode import ClipTransform, read_video
 from mammut_pl.data.transforms import MEAN, STD
 from mammut_pl.runtime import build_datamodule, build_tokenizer_for
 from mammut_pl.metrics.captioning import caption_scores

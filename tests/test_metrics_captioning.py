@@ -27,8 +27,8 @@ from mammut_pl.metrics.captioning import (
     CaptionMetrics,
     caption_scores,
     distinct_caption_fraction,
-    ptb_tokenize,
 )
+from mammut_pl.metrics.ptb_tokenizer import ptb_tokenize
 
 from conftest import free_port
 

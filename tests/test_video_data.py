@@ -14,16 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from fuzz import assert_clear_error, json_mutations
 from mammut_pl.data.msrvtt import (
     MSRVTTDataModule,
-    VideoError,
     answer_vocabulary,
-    decode_all,
-    pick_frames,
     read_msrvtt_captions,
     read_msrvtt_qa,
     read_retrieval_csv,
-    read_video,
-    sample_times,
 )
+from mammut_pl.data.video_decode import VideoError, decode_all, pick_frames, read_video, sample_times
 from mammut_pl.data.tokenizer import build_tokenizer
 from mammut_pl.metrics.video_qa import VideoQAAccuracy, question_type
 

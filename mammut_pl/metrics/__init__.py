@@ -4,8 +4,8 @@ from mammut_pl.metrics.captioning import (
     CaptionMetrics,
     caption_scores,
     distinct_caption_fraction,
-    ptb_tokenize,
 )
+from mammut_pl.metrics.ptb_tokenizer import ptb_tokenize
 from mammut_pl.metrics.lvis import lvis_eval
 from mammut_pl.metrics.retrieval import RetrievalRecall, retrieval_recall
 from mammut_pl.metrics.vqa import VQAAccuracy, normalize_answer, vqa_accuracy

@@ -100,7 +100,7 @@ def describe_videos(task: Any, cfg: Config, paths: list[Path], question: str = "
                     batch_size: int = 16) -> list[dict[str, Any]]:
     """A caption for each video, or the answer to `question` about it, from the clip evaluation
     decodes (MSRVTT's uniform sampling). Undecodable videos are reported and skipped."""
-    from mammut_pl.data.msrvtt import VideoError, eval_clip_reader
+    from mammut_pl.data.video_decode import VideoError, eval_clip_reader
 
     v = cfg.video
     reader = eval_clip_reader(cfg.model.image_size, v.num_frames, v.fps)

@@ -92,7 +92,7 @@ def write_img2dataset_shards(folder: Path, n_images: int, size: int, mode: str, 
                              captions: list[str] | None = None) -> list[str]:
     """Shards 00000.tar ... in img2dataset's layout (key = shard id + index, 9 digits): .jpg (q95),
     .txt (the caption), .json (its metadata), and 00000_stats.json. Returns the shard paths."""
-    from mammut_pl.bench import CAPTIONS
+    from bench.run import CAPTIONS
 
     captions = captions or CAPTIONS
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def suite_pass(urls: list[str], batch: int, fast: str = "") -> Callable[[], int]
 
 
 def interleaved_rates(passes: dict[str, Callable[[], int]], warmup: int, rounds: int) -> dict[str, Any]:
-    from mammut_pl.bench import interleaved, summary
+    from bench.run import interleaved, summary
 
     counts: dict[str, int] = {}
     steps = {name: (lambda name=name, f=f: counts.__setitem__(name, f())) for name, f in passes.items()}
@@ -195,9 +195,9 @@ def interleaved_rates(passes: dict[str, Callable[[], int]], warmup: int, rounds:
 # the other readers: COCO / VQAv2 images, MSRVTT clips
 # --------------------------------------------------------------------------------------
 def reader_rates(tmp: Path, n_images: int, n_clips: int, rounds: int) -> dict[str, Any]:
-    from mammut_pl.bench import CAPTIONS
+    from bench.run import CAPTIONS
     from mammut_pl.data.coco import CaptionedImage, CaptionPairs, RetrievalImages
-    from mammut_pl.data.msrvtt import ClipTransform, _Clips, eval_clip_reader
+    from mammut_pl.data.video_decode import ClipReader, ClipTransform, eval_clip_reader
     from mammut_pl.data.transforms import image_transform
     from mammut_pl.data.vqav2 import VQADataset, VQAQuestion
 
@@ -213,7 +213,7 @@ def reader_rates(tmp: Path, n_images: int, n_clips: int, rounds: int) -> dict[st
     frames = [np.asarray(img.resize((320, 240), Image.Resampling.BILINEAR))
               for img in photo_variants(min(30, 4 * n_clips + 4), seed=2)]
     write_video_sized(video, frames)
-    train_clips = _Clips(ClipTransform(OUTPUT_SIZE, train=True), 8, 0.0, random=True)
+    train_clips = ClipReader(ClipTransform(OUTPUT_SIZE, train=True), 8, 0.0, random=True)
     eval_clips = eval_clip_reader(OUTPUT_SIZE, 8, 0.0)
     train_pairs = CaptionPairs(records, image_transform(OUTPUT_SIZE, True))
     eval_images = RetrievalImages(records, image_transform(OUTPUT_SIZE, False))
@@ -285,7 +285,7 @@ def section_data(plan: Any, device: torch.device) -> dict[str, Any]:
 
 def markdown_rows(da: dict[str, Any]) -> list[str]:
     """The data section's lines of bench.markdown's table."""
-    from mammut_pl.bench import _fmt_ratio
+    from bench.run import _fmt_ratio
 
     lines = []
     names = {"fast": "mammut_pl fast (FastCrop, uint8)", "fast_pil": "mammut_pl fast, PIL resize",
