@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from scipy import stats
 from torchvision import transforms as T
 
-from mammut_pl import bench_data
+from bench import data as bench_data
 from mammut_pl.data.transforms import MEAN, STD, FastCrop, image_transform, normalize_batch, normalize_images
 from mammut_pl.data.webdata import PairBatcher, WebDataModule, WebPairStream, read_shard_sizes, shard_urls
 from mammut_pl.tasks.base import MaMMUTTask
