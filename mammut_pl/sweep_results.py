@@ -99,15 +99,22 @@ def plot_results(df, sweep: Sweep, out: Path) -> list[Path]:
 
 
 def log_intervals(client: Any, run_id: str, table, sweep: Sweep) -> None:
-    """The aggregate table as parent-run metrics: `<point>/<metric>/mean|ci_low|ci_high|n`
+    """The aggregate table as parent-run metrics: `<param>_<value>/<metric>/mean|ci_low|ci_high|n`
+    (MLflow names allow no "=")
     (and `/diff|diff_low|diff_high` against the reference)."""
     names = [p.name for p in sweep.params]
     for r in table.to_dict("records"):
-        point = "_".join(f"{n.split('.')[-1]}={r[n]}" for n in names)
+        point = "_".join(f"{n.split('.')[-1]}={_plain(r[n])}" for n in names)
         for key in ("mean", "ci_low", "ci_high", "n", "diff", "diff_low", "diff_high"):
             v = r.get(key)
             if v is not None and math.isfinite(float(v)):
                 client.log_metric(run_id, safe_metric_key(f"{point}/{metric_key(r['metric'])}/{key}"), float(v))
+
+
+def _plain(value: Any) -> Any:
+    """A grid value as written in the sweep file: pandas turns an int column holding a NaN into
+    floats (2 -> 2.0), which would name the point `num_cross_attn=2.0`."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def safe_metric_key(name: str) -> str:

@@ -33,7 +33,8 @@ def test_every_sweep_file_loads_and_every_stage_config_validates(name):
             assert pre.task == ("pretrain" if name == "scaling" else "video_qa")
         for key, v in overrides.items():  # the trial's values reach the configs
             group, field = key.split(".", 1)
-            got = getattr(getattr(pre, group), field)
+            section = getattr(pre, group)  # trainer.* is a plain dict of Trainer arguments
+            got = section[field] if isinstance(section, dict) else getattr(section, field)
             assert got == v or (isinstance(v, dict) and {**got, **v} == got), key
         # downstream fine-tuning uses the pretraining architecture (or init_from would not fit)
         assert all(pre.model.architecture() == c.model.architecture() for c in downstream)

@@ -107,7 +107,7 @@ def test_no_shell_no_eval_no_unsafe_loads():
 
 def test_every_trainer_loads_checkpoints_weights_only():
     """trainer.fit/validate/test/predict(ckpt_path=...) must pass weights_only=True (torch's default
-    can be flipped by TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD); fit also uses AtomicCheckpointIO."""
+    can be flipped by TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD); the trainer builder also uses AtomicCheckpointIO."""
     found = []
     for path in sources():
         text = path.read_text()
@@ -115,7 +115,7 @@ def test_every_trainer_loads_checkpoints_weights_only():
             if "weights_only=True" not in m.group(0):
                 found.append(f"{path.relative_to(ROOT)}:{text[: m.start()].count(chr(10)) + 1}: {m.group(0)[:80]}")
     assert not found, "\n".join(found)
-    assert "plugins=[AtomicCheckpointIO()]" in (ROOT / "mammut_pl" / "fit.py").read_text()
+    assert "plugins=[AtomicCheckpointIO()]" in (ROOT / "mammut_pl" / "runtime.py").read_text()  # the trainer builder
 
 
 def test_mlflow_ui_binds_to_loopback_by_default():

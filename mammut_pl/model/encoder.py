@@ -162,7 +162,7 @@ class ImageEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> ImageEncoder:
         super().train(mode)
-        if getattr(self, "locked", False) and mode:  # Lightning toggles train()/eval() around validation
+        if getattr(self, "locked", False) and mode:  # Lightning switches train and eval mode around validation
             super().train(False)
             for module in self.unlocked:
                 module.train(True)
