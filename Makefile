@@ -25,10 +25,10 @@ data: setup ## write the embedded demo data (all six datasets' real formats) to 
 	@$(PY) -m mammut_pl.data.demo --out $(DEMO_DIR)
 
 demo: data ## set up, then pretrain a small MaMMUT on CPU (a few minutes), print retrieval, zero-shot top-1 + captions
-	@$(PY) -m mammut_pl.fit experiment=demo data.root=$(DEMO_DIR)/webdata data.val_root=$(DEMO_DIR)/coco data.tokenizer=$(DEMO_DIR)/tokenizer.json $(ARGS)
+	@$(PY) -m mammut_pl.fit experiment=demo data.root=$(DEMO_DIR)/webdata data.webdata.val_root=$(DEMO_DIR)/coco data.tokenizer=$(DEMO_DIR)/tokenizer.json $(ARGS)
 
 lit: data ## LiT: train the text side against the locked image tower of CKPT (default: the latest `make demo` run)
-	@$(PY) -m mammut_pl.fit experiment=lit model.init_from=$(CKPT) data.root=$(DEMO_DIR)/webdata data.val_root=$(DEMO_DIR)/coco data.tokenizer=$(DEMO_DIR)/tokenizer.json $(ARGS)
+	@$(PY) -m mammut_pl.fit experiment=lit model.init_from=$(CKPT) data.root=$(DEMO_DIR)/webdata data.webdata.val_root=$(DEMO_DIR)/coco data.tokenizer=$(DEMO_DIR)/tokenizer.json $(ARGS)
 
 evaluate: setup ## zero-shot retrieval R@1/5/10 of CKPT (default: the latest `make demo` run) on its COCO test split
 	@$(PY) -m mammut_pl.evaluate task=retrieval ckpt=$(CKPT) $(ARGS)

@@ -21,7 +21,7 @@ TASK: retrieval | captioning (any image checkpoint, on a Karpathy-split COCO / F
 
 data=coco|flickr30k (retrieval, captioning) reads ROOT/dataset_coco.json or
 ROOT/dataset_flickr30k.json (Karpathy split); ROOT is data.root=, else the
-checkpoint's COCO root (data.root of a COCO-trained run, data.val_root of a
+checkpoint's COCO root (data.root of a COCO-trained run, data.webdata.val_root of a
 pretraining run). Without data= the checkpoint's own evaluation data is used.
 split= picks the Karpathy split (test).
 
@@ -30,7 +30,7 @@ videoqa / video_caption / detection score a checkpoint trained with that task
 (data.root= points elsewhere), with its task's own test loop and metrics: split=test
 (default) or val (MSRVTT: {split}_qa.json, or the captions file's split; LVIS: the
 data.lvis.test_file annotations, which default to val_file, or val_file). Another
-checkpoint is refused, naming both tasks. data.max_eval_questions= (video) and
+checkpoint is refused, naming both tasks. data.msrvtt.max_eval_questions= (video) and
 detection.max_eval_images= score the first ones only (the report says so).
 
 zeroshot reads data.root= (one sub-folder per class; without it, a pretraining run's own

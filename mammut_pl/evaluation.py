@@ -30,18 +30,18 @@ def eval_config(stored: Config, own: dict[str, str], overrides: list[str]) -> Co
     cfg.task = spec.task
     d = cfg.data
     if d.name == "webdata" and "data.root" not in given:  # a pretraining run: its zero-shot COCO
-        if not d.val_root:
-            raise ConfigError("this checkpoint was trained on web shards without data.val_root: "
+        if not d.webdata.val_root:
+            raise ConfigError("this checkpoint was trained on web shards without data.webdata.val_root: "
                               "give data.root=/path/to/coco (the folder with dataset_coco.json)")
-        d.root = d.val_root
+        d.root = d.webdata.val_root
     elif d.name not in ("coco", "webdata") and "data.root" not in given:
         raise ConfigError(f"this checkpoint was trained on data.name={d.name}: give data=coco|flickr30k "
                           "and data.root=/path/to/it (the folder with the Karpathy split JSON)")
     keep_user_folder(cfg, given)
     d.name = "coco"
     if own.get("data"):
-        d.karpathy_file = KARPATHY_FILES[own["data"]]
-    d.test_split = own["split"]
+        d.coco.karpathy_file = KARPATHY_FILES[own["data"]]
+    d.coco.test_split = own["split"]
     return cfg
 
 

@@ -30,7 +30,7 @@ def predict_split(task: Any, cfg: Config, split: str, out: Path, trainer_args: d
         offered = "|".join(name for name, spec in TASK_SPECS.items() if spec.predict.write_split)
         raise ConfigError(f"split={split}: split prediction is for task={offered} (this config has task={cfg.task}); "
                           "captions for images: image=PATH")
-    cfg.data.predict_split = split
+    cfg.data.vqav2.predict_split = split
     datamodule = build_datamodule(cfg, task.tokenizer)
     trainer = L.Trainer(**{"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
                            "default_root_dir": str(out.parent), **(trainer_args or {})})

@@ -25,7 +25,7 @@ VARIANTS = {"sparse tubes (one pass)": {}, "sparse frames only": {"tubes": False
 def models(cfg: C.Config, device: str) -> dict[str, VideoMaMMUT]:
     out = {}
     for name, switch in VARIANTS.items():
-        video = cfg.video.encoder()
+        video = cfg.video.architecture()
         for k, v in switch.items():
             setattr(video, k, v)
         torch.manual_seed(0)

@@ -18,7 +18,7 @@ def test_demo_trains_in_bf16_mixed_with_checkpointing_and_lit(tmp_path):
 
     world = write_demo(tmp_path / "world", tiny=True)
     args = [sys.executable, "-m", "mammut_pl.fit", "experiment=demo",
-            f"data.root={world}/webdata", f"data.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
+            f"data.root={world}/webdata", f"data.webdata.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
             f"output_dir={tmp_path}/outputs", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
             "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
             "trainer.precision=bf16-mixed", "trainer.max_steps=4", "trainer.val_check_interval=2",

@@ -38,7 +38,7 @@ def world(tmp_path_factory) -> Path:
 
 
 def small_config(world: Path, experiment: str = "coco_captioning", *overrides: str) -> config_lib.Config:
-    data = ([f"data.val_root={world}/coco"] if experiment == "demo" else [f"data.root={world}/coco"])
+    data = ([f"data.webdata.val_root={world}/coco"] if experiment == "demo" else [f"data.root={world}/coco"])
     return config_lib.load(experiment, [*data, f"data.tokenizer={world}/tokenizer.json", "data.num_workers=0",
                                         "data.eval_batch_size=4", "data.batch_size=8", *SMALL_MODEL, *overrides])
 

@@ -93,7 +93,8 @@ def test_typed_video_defaults_are_tubevits_clip():
 def test_experiments_resolve_as_before_presets():
     """The experiment files lost their repeated model block (now `model.preset: tiny`) and the keys that
     restated typed defaults; every experiment must still resolve to the config its old file gave
-    (tests/data/experiments_resolved.json, dumped from the files before that edit)."""
+    (tests/data/experiments_resolved.json, dumped from the files before that edit; when keys move,
+    regenerated with `{name: to_dict(load(name))}` after checking that the diff only moves keys)."""
     import json
     from pathlib import Path
 
@@ -101,9 +102,7 @@ def test_experiments_resolve_as_before_presets():
     assert set(before) <= set(C.list_experiments())
     for name, resolved in before.items():
         now = json.loads(json.dumps(C.to_dict(C.load(name))))  # tuples -> lists, as the snapshot
-        # the snapshot predates data.msrvtt / data.lvis: its video.* / detection.* files moved over
-        assert now == C.migrate(resolved), name
-        assert now["data"]["msrvtt"]["captions_file"] == resolved["video"]["captions_file"]
+        assert now == resolved, name
 
 
 def test_model_preset_then_explicit_keys():
@@ -167,6 +166,68 @@ def test_moved_data_keys_name_their_new_place(tmp_path):
     assert C.load("lvis", ["data.lvis.test_file=t.json"]).data.lvis.test_file == "t.json"
 
 
+@pytest.mark.parametrize("old, new", [
+    ("data.val_root", "data.webdata.val_root"), ("data.shards", "data.webdata.shards"),
+    ("data.karpathy_file", "data.coco.karpathy_file"), ("data.train_split", "data.vqav2.train_split"),
+])
+def test_flat_data_keys_name_their_section(old, new, tmp_path):
+    """`data.*` was one flat union of the datamodules' fields: each dataset's own keys moved to its section."""
+    with pytest.raises(C.ConfigError, match=rf"^`{old}` was renamed to `{new}` \(command line\)$"):
+        C.load("demo", [f"{old}=x"])
+    *_, section, leaf = new.split(".")
+    yaml = tmp_path / "old.yaml"
+    yaml.write_text(f"base: demo_scale\ndata:\n  {old.split('.')[1]}: x\n")
+    with pytest.raises(C.ConfigError, match=rf"^`{old}` was renamed to `{new}` \(.*old.yaml\)$"):
+        C.load(str(yaml))
+
+
+def test_shared_data_key_names_the_section_of_its_dataset():
+    """A key several datamodules read (data.test_split) names the section of the run's data.name,
+    wherever data.name is set (experiment or the same command line); without one, all of them."""
+    with pytest.raises(C.ConfigError, match=r"^`data.test_split` was renamed to `data.vqav2.test_split` \(command line\)$"):
+        C.load("vqa", ["data.test_split=val2014"])
+    with pytest.raises(C.ConfigError, match=r"^`data.vqa_prompt` was renamed to `data.msrvtt.prompt` \(command line\)$"):
+        C.load("", ["task=video_qa", "data.name=msrvtt", "data.vqa_prompt=q: {question}"])
+    with pytest.raises(C.ConfigError, match=r"^`data.test_split` was renamed to `data.coco.test_split` or "
+                                            r"`data.vqav2.test_split` or `data.msrvtt.test_split` \(command line, "):
+        C.load("demo", ["data.test_split=val"])  # webdata has no test split of its own
+    assert C.load("vqa").data.vqav2.test_split == "val2014"
+
+
+def test_removed_data_extra_says_so():
+    with pytest.raises(C.ConfigError, match=r"^`data.extra` was removed \(command line\): it was read by no datamodule"):
+        C.load("demo", ["data.extra.a=1"])
+    stored = C.to_dict(C.load("demo"))
+    stored["data"]["extra"] = {}  # as every config stored before the removal
+    assert C.from_dict(stored) == C.load("demo")
+
+
+def test_stored_flat_data_config_loads_into_the_sections():
+    """A checkpoint's config from before the data sections (a hand-written old `vqa` run): each old key's
+    value lands where the datamodule now reads it; shared keys go to the run's own dataset only."""
+    stored = C.to_dict(C.load("vqa"))
+    d = stored["data"]
+    for section in ("webdata", "coco", "vqav2", "msrvtt"):
+        del d[section]
+    d.update(val_root="", shards="", karpathy_file="dataset_coco.json", train_split="train2014+val2014",
+             val_split="val2014", test_split="val2014", vqa_prompt="Q: {question} A:", max_answer_tokens=5,
+             max_eval_questions=7, extra={})
+    stored["video"]["captions_file"] = "old.json"
+    cfg = C.from_dict(stored)
+    q = cfg.data.vqav2
+    assert (q.train_split, q.val_split, q.test_split, q.prompt, q.max_answer_tokens, q.max_eval_questions) == (
+        "train2014+val2014", "val2014", "val2014", "Q: {question} A:", 5, 7)
+    assert cfg.data.msrvtt.captions_file == "old.json"
+    assert (cfg.data.coco.test_split, cfg.data.msrvtt.prompt) == ("test", C.MSRVTTSettings().prompt)  # not read: defaults
+    pre = C.to_dict(C.load("demo"))
+    for section in ("webdata", "coco"):
+        del pre["data"][section]
+    pre["data"].update(val_root="data/demo/coco", test_split="val", max_eval_images=3)
+    cfg = C.from_dict(pre)  # web shards validate on COCO: their shared keys are COCO's
+    assert (cfg.data.webdata.val_root, cfg.data.coco.test_split, cfg.data.coco.max_eval_images) == (
+        "data/demo/coco", "val", 3)
+
+
 def test_stored_config_with_renamed_key_is_moved_over(renamed_key):
     """An older checkpoint's config (old key) loads, its value under the new key."""
     stored = C.to_dict(C.load("demo"))
@@ -179,5 +240,17 @@ def test_stored_config_with_renamed_key_is_moved_over(renamed_key):
 def test_renamed_table_targets_exist():
     """Every new name in RENAMED is a key of the typed config (a rename into nothing would be a trap)."""
     valid = set(C._valid_keys(OmegaConf.structured(C.Config)))
-    assert all(new in valid for new in C.RENAMED.values()), C.RENAMED
-    assert not set(C.RENAMED) & valid  # and no old name is still a key
+    new = {k for old in C.RENAMED for k in C.renamed.new_keys(old)}
+    assert new <= valid, new - valid
+    assert not (set(C.RENAMED) | set(C.REMOVED)) & valid  # and no old name is still a key
+
+
+def test_one_conversion_back_to_the_architecture_configs():
+    """model.* and video.* extend the torch-free architecture configs; `.architecture()` gives each back."""
+    from mammut_pl.model.video_config import VideoConfig
+
+    cfg = C.load("msrvtt_qa")
+    model, video = cfg.model.architecture(), cfg.video.architecture()
+    assert type(model) is C.MaMMUTConfig and type(video) is VideoConfig
+    assert model == C.MaMMUTConfig(**{k: getattr(cfg.model, k) for k in C.MaMMUTConfig.__dataclass_fields__})
+    assert video.tube_specs == ["8x8x8 8x8x8 0x0x0"] and video.tube_specs is not cfg.video.tube_specs

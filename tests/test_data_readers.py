@@ -141,5 +141,5 @@ def test_missing_shards_named(tmp_path, tok):
         shard_urls(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="data.root"):
         shard_urls(str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match="data.shards: 2 shard"):
+    with pytest.raises(FileNotFoundError, match="data.webdata.shards: 2 shard"):
         shard_urls(str(tmp_path), "{00000..00001}.tar")

@@ -144,13 +144,13 @@ def test_shards_from_memory_and_file_urls_read_like_local_files(tmp_path):
         assert len(got) == len(expected)
         for (a, ca), (b, cb) in zip(got, expected):
             assert ca == cb and torch.equal(a, b)
-    with pytest.raises(FileNotFoundError, match="data.shards: 1 shard"):
+    with pytest.raises(FileNotFoundError, match="data.webdata.shards: 1 shard"):
         shard_urls("memory://bucket", "{00000..00002}.tar")
     with pytest.raises(FileNotFoundError, match="data.root: no \\*.tar shards at memory://nowhere"):
         shard_urls("memory://nowhere")
     with pytest.raises(ValueError, match="pipe:"):
         shard_urls(str(tmp_path), "pipe:curl -s http://x/{0..1}.tar")
-    with pytest.raises(ValueError, match="data.shards: 'nosuch://b/0.tar': cannot read nosuch://"):
+    with pytest.raises(ValueError, match="data.webdata.shards: 'nosuch://b/0.tar': cannot read nosuch://"):
         shard_urls(str(tmp_path), "nosuch://b/0.tar")
 
 

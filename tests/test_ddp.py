@@ -95,7 +95,7 @@ def test_shards_split_over_ranks_and_workers_each_sample_once_per_epoch(ranks):
         # rank r reads shards r, r + 2, ...: uneven shards give the ranks 12 and 8 samples
         assert (len(seen[0]), len(seen[1])) == (12, 8)
     assert ranks[0]["disjoint"][0] != ranks[0]["disjoint"][1]  # reshuffled each epoch
-    assert "1 shard(s) for 2 ranks" in ranks[0]["refused"] and "data.resampled=true" in ranks[0]["refused"]
+    assert "1 shard(s) for 2 ranks" in ranks[0]["refused"] and "data.webdata.resampled=true" in ranks[0]["refused"]
 
 
 def test_resampled_gives_every_rank_the_same_number_of_steps(ranks):

@@ -61,7 +61,7 @@ def test_enospc_on_save_stops_cleanly_and_resumes(tmp_path, monkeypatch, capsys)
     from mammut_pl.data.demo import write_demo
 
     world = write_demo(tmp_path / "world", tiny=True)
-    overrides = [f"data.root={world}/webdata", f"data.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
+    overrides = [f"data.root={world}/webdata", f"data.webdata.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
                  f"output_dir={tmp_path}/outputs", "mlflow.enabled=false", "data.num_workers=0", "data.batch_size=8",
                  "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0", "checkpoint_every_n_steps=2",
                  "trainer.max_steps=6", *SMALL_MODEL]

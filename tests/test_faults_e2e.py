@@ -36,7 +36,7 @@ def world(tmp_path_factory):
 
 def args(world: Path, out: Path, *overrides: str, val: bool = False, mlflow_db: Path | None = None) -> list[str]:
     return ["experiment=demo", f"data.root={world}/webdata", f"data.tokenizer={world}/tokenizer.json",
-            f"data.val_root={world / 'coco' if val else repr('')}", f"output_dir={out}",
+            f"data.webdata.val_root={world / 'coco' if val else repr('')}", f"output_dir={out}",
             *([f"mlflow.tracking_uri=sqlite:///{mlflow_db}"] if mlflow_db else ["mlflow.enabled=false"]),
             *SMALL, *overrides]
 

@@ -22,7 +22,7 @@ def world(tmp_path_factory):
 
 def fit(tmp: Path, world: Path, *overrides: str) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "mammut_pl.fit", "experiment=demo",
-            f"data.root={world}/webdata", f"data.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
+            f"data.root={world}/webdata", f"data.webdata.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
             f"output_dir={tmp}/outputs", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
             "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", *overrides]
     return subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=1800)

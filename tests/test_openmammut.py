@@ -317,7 +317,7 @@ def test_fit_vqa_from_an_openmammut_folder(tmp_path):
             "data.tokenizer=clip", f"data.root={world}/vqav2", f"output_dir={tmp_path}/outputs",
             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "data.num_workers=0", "data.batch_size=4",
             "trainer.enable_progress_bar=false", "trainer.max_steps=2", "trainer.val_check_interval=2",
-            "data.max_eval_questions=8"]
+            "data.vqav2.max_eval_questions=8"]
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "is an openMaMMUT folder: the model architecture" in r.stderr

@@ -162,7 +162,7 @@ def test_shell_urls_are_refused(tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("s3fs") is None:
-        with pytest.raises(ValueError, match="data.shards: 's3://bucket/0.tar': cannot read s3:// URLs.*s3fs"):
+        with pytest.raises(ValueError, match="data.webdata.shards: 's3://bucket/0.tar': cannot read s3:// URLs.*s3fs"):
             shard_urls(str(tmp_path), "s3://bucket/{0..1}.tar")
     else:
         assert shard_urls(str(tmp_path), "s3://bucket/{0..1}.tar") == ["s3://bucket/0.tar", "s3://bucket/1.tar"]

@@ -51,7 +51,7 @@ def run_sweep(tmp: Path, world: Path, *settings: str) -> tuple[str, subprocess.C
     study = f"scale-{uuid.uuid4().hex[:8]}"  # the PostgreSQL database outlives one test run
     cmd = [sys.executable, "-m", "mammut_pl.sweep", f"sweep={sweep_file}", "sweep.workers=2",
            f"sweep.study_name={study}", f"sweep.out={tmp}/out", f"pretrain.data.root={world}/webdata",
-           f"pretrain.data.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json", *settings]
+           f"pretrain.data.webdata.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json", *settings]
     return study, subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=1800)
 
 

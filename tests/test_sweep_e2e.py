@@ -50,7 +50,7 @@ overrides:
 def sweep_cmd(tmp: Path, world: Path, sweep_file: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "mammut_pl.sweep", f"sweep={sweep_file}", f"sweep.out={tmp}/out",
             f"sweep.tracking_uri=sqlite:///{tmp}/mlflow.db", f"pretrain.data.root={world}/webdata",
-            f"pretrain.data.val_root={world}/coco", f"vqa.data.root={world}/vqav2",
+            f"pretrain.data.webdata.val_root={world}/coco", f"vqa.data.root={world}/vqav2",
             f"data.tokenizer={world}/tokenizer.json", *extra]
 
 

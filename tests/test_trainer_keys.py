@@ -70,7 +70,7 @@ def test_fit_limit_val_batches_zero(tmp_path):
 
     world = write_demo(tmp_path / "world", tiny=True)
     args = [sys.executable, "-m", "mammut_pl.fit", "experiment=demo", "trainer.limit_val_batches=0",
-            f"data.root={world}/webdata", f"data.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
+            f"data.root={world}/webdata", f"data.webdata.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
             f"output_dir={tmp_path}/outputs", "mlflow.enabled=false", "data.num_workers=0",
             "trainer.enable_progress_bar=false", "trainer.max_steps=2", "trainer.val_check_interval=1", "data.batch_size=8", *SMALL_MODEL]
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)

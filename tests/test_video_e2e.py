@@ -64,7 +64,7 @@ def test_msrvtt_caption_per_frame_baseline_in_process(world, tmp_path):
         f"data.root={world}/msrvtt", f"data.tokenizer={world}/tokenizer.json", f"output_dir={tmp_path}",
         "mlflow.enabled=false", "data.num_workers=0", "data.batch_size=4", "data.eval_batch_size=8",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.max_steps=1",
-        "trainer.val_check_interval=1", "data.max_eval_questions=4", "eval.max_new_tokens=3",
+        "trainer.val_check_interval=1", "data.msrvtt.max_eval_questions=4", "eval.max_new_tokens=3",
         "video.encoding=per_frame", "video.num_frames=4", "video.fps=0"])
     metrics = run(cfg, report=False)
     for key in ("train/caption_loss", "train/contrastive_loss", "val/CIDEr", "test/CIDEr", "test/BLEU4",

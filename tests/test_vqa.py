@@ -169,8 +169,8 @@ def test_validation_metric_equals_the_official_accuracy_of_the_answers(world):
 def test_config_rejects_vqa_on_another_datamodule_and_bad_prompt():
     with pytest.raises(config_lib.ConfigError, match="data.name"):
         config_lib.load("vqa", ["data.name=coco"])
-    with pytest.raises(config_lib.ConfigError, match="data.vqa_prompt"):
-        config_lib.load("vqa", ["data.vqa_prompt=no placeholder"])
+    with pytest.raises(config_lib.ConfigError, match="data.vqav2.prompt"):
+        config_lib.load("vqa", ["data.vqav2.prompt=no placeholder"])
 
 
 def test_datamodule_refuses_unannotated_training_split(world):

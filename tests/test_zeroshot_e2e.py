@@ -33,7 +33,7 @@ def python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_fit_logs_zeroshot_and_evaluate_scores_the_checkpoint_the_same(tmp_path, world):
-    r = python("mammut_pl.fit", "experiment=demo", f"data.root={world}/webdata", f"data.val_root={world}/coco",
+    r = python("mammut_pl.fit", "experiment=demo", f"data.root={world}/webdata", f"data.webdata.val_root={world}/coco",
                f"data.tokenizer={world}/tokenizer.json", f"output_dir={tmp_path}/outputs", "mlflow.enabled=false",
                "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.max_steps=4",
                "trainer.val_check_interval=2", "data.batch_size=8", *SMALL, cwd=tmp_path)

@@ -75,41 +75,41 @@ def _common(cfg: Config, tokenizer: Tokenizer) -> dict[str, Any]:
 def _coco(cfg: Config, tokenizer: Tokenizer, root: str = "", seed: bool = True) -> L.LightningDataModule:
     from mammut_pl.data.coco import CocoCaptionsDataModule
 
-    d = cfg.data
-    return CocoCaptionsDataModule(root or d.root, eval_batch_size=d.eval_batch_size, karpathy_file=d.karpathy_file,
-                                  val_split=d.val_split, test_split=d.test_split, max_eval_images=d.max_eval_images,
+    d, c = cfg.data, cfg.data.coco
+    return CocoCaptionsDataModule(root or d.root, eval_batch_size=d.eval_batch_size, karpathy_file=c.karpathy_file,
+                                  val_split=c.val_split, test_split=c.test_split, max_eval_images=c.max_eval_images,
                                   **({"seed": cfg.seed} if seed else {}), **_common(cfg, tokenizer))
 
 
 def _vqav2(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule:
     from mammut_pl.data.vqav2 import VQAv2DataModule
 
-    d = cfg.data
-    return VQAv2DataModule(d.root, eval_batch_size=d.eval_batch_size, train_split=d.train_split,
-                           val_split=d.val_split, test_split=d.test_split, predict_split=d.predict_split,
-                           prompt=d.vqa_prompt, max_answer_tokens=d.max_answer_tokens,
-                           max_eval_questions=d.max_eval_questions, seed=cfg.seed, **_common(cfg, tokenizer))
+    d, q = cfg.data, cfg.data.vqav2
+    return VQAv2DataModule(d.root, eval_batch_size=d.eval_batch_size, train_split=q.train_split,
+                           val_split=q.val_split, test_split=q.test_split, predict_split=q.predict_split,
+                           prompt=q.prompt, max_answer_tokens=q.max_answer_tokens,
+                           max_eval_questions=q.max_eval_questions, seed=cfg.seed, **_common(cfg, tokenizer))
 
 
 def _msrvtt(cfg: Config, tokenizer: Tokenizer, task: str = "caption") -> L.LightningDataModule:
     from mammut_pl.data.msrvtt import MSRVTTDataModule
 
-    d, v = cfg.data, cfg.video
+    d, m, v = cfg.data, cfg.data.msrvtt, cfg.video
     return MSRVTTDataModule(d.root, task=task, eval_batch_size=d.eval_batch_size, num_frames=v.num_frames, fps=v.fps,
-                            sampling=v.sampling, video_dir=d.msrvtt.video_dir, answer_vocab_size=v.answer_vocab_size,
-                            prompt=d.vqa_prompt, max_answer_tokens=d.max_answer_tokens,
-                            max_eval_questions=d.max_eval_questions, captions_file=d.msrvtt.captions_file,
-                            retrieval_csv=d.msrvtt.retrieval_csv, cache_clips=v.cache_clips, test_split=d.test_split,
+                            sampling=v.sampling, video_dir=m.video_dir, answer_vocab_size=v.answer_vocab_size,
+                            prompt=m.prompt, max_answer_tokens=m.max_answer_tokens,
+                            max_eval_questions=m.max_eval_questions, captions_file=m.captions_file,
+                            retrieval_csv=m.retrieval_csv, cache_clips=v.cache_clips, test_split=m.test_split,
                             seed=cfg.seed, **_common(cfg, tokenizer))
 
 
 def _webdata(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule:
     from mammut_pl.data.webdata import WebDataModule
 
-    d = cfg.data
-    val = _coco(cfg, tokenizer, root=d.val_root, seed=False) if d.val_root else None
-    return WebDataModule(d.root, shards=d.shards, resampled=d.resampled, steps_per_epoch=d.steps_per_epoch,
-                         shuffle_buffer=d.shuffle_buffer, seed=cfg.seed, val=val, **_common(cfg, tokenizer))
+    d, w = cfg.data, cfg.data.webdata
+    val = _coco(cfg, tokenizer, root=w.val_root, seed=False) if w.val_root else None  # read with data.coco.*
+    return WebDataModule(d.root, shards=w.shards, resampled=w.resampled, steps_per_epoch=w.steps_per_epoch,
+                         shuffle_buffer=w.shuffle_buffer, seed=cfg.seed, val=val, **_common(cfg, tokenizer))
 
 
 def _lvis(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule:
@@ -135,5 +135,5 @@ def build_datamodule(cfg: Config, tokenizer: Tokenizer, **options: Any) -> L.Lig
 
 
 def has_eval_data(datamodule: Any) -> bool:
-    """False for web shards without data.val_root (no validation / test loop then)."""
+    """False for web shards without data.webdata.val_root (no validation / test loop then)."""
     return bool(getattr(datamodule, "has_eval_data", True))

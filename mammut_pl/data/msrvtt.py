@@ -15,7 +15,7 @@ A video that cannot be decoded (broken, truncated, garbage, no video stream, no 
 skipped and counted: in training another item (drawn from the item's seed) takes its place,
 so batches stay full on every rank, and batches carry `skipped` (logged as
 train/skipped_samples); evaluation counts its questions as wrong. Never a crash, never a silent zero tensor.
-Questions (VideoQA) are generated answers: the prompt is `data.vqa_prompt`; the answer
+Questions (VideoQA) are generated answers: the prompt is `data.msrvtt.prompt`; the answer
 vocabulary is the top-K training answers (video.answer_vocab_size), training keeps the
 questions whose answer is in it, evaluation counts the others as wrong.
 """

@@ -97,12 +97,12 @@ def shard_urls(root: str, pattern: str = "") -> list[str]:
     if pattern:
         urls = []
         for p in braceexpand.braceexpand(pattern):
-            _check_protocol(p, "data.shards")
+            _check_protocol(p, "data.webdata.shards")
             absolute = "://" in p or Path(p).is_absolute()
             urls.append(p if absolute else (f"{root.rstrip('/')}/{p}" if "://" in root else str(Path(root) / p)))
         missing = [u for u in urls if not _remote(u) and not _exists(u)]
         if missing:
-            raise FileNotFoundError(f"data.shards: {len(missing)} shard(s) missing, e.g. {missing[0]}")
+            raise FileNotFoundError(f"data.webdata.shards: {len(missing)} shard(s) missing, e.g. {missing[0]}")
         return urls
     if "://" in root:
         _check_protocol(root, "data.root")
@@ -355,7 +355,7 @@ class WebDataModule(L.LightningDataModule):
 
     @property
     def has_eval_data(self) -> bool:
-        """Without data.val_root there is no validation / test loop."""
+        """Without data.webdata.val_root there is no validation / test loop."""
         return self.val is not None
 
     def train_dataloader(self) -> DataLoader:
@@ -364,12 +364,13 @@ class WebDataModule(L.LightningDataModule):
         world = _rank_world()[1]
         if world > 1 and not self.resampled:
             if len(self.urls) < world:
-                raise ValueError(f"data.shards: {len(self.urls)} shard(s) for {world} ranks: a rank without a shard "
-                                 "would wait for the others forever; use data.resampled=true data.steps_per_epoch=N")
+                raise ValueError(f"data.webdata.shards: {len(self.urls)} shard(s) for {world} ranks: a rank without "
+                                 "a shard would wait for the others forever; use data.webdata.resampled=true "
+                                 "data.webdata.steps_per_epoch=N")
             rank_zero_warn(f"{world} ranks read disjoint shards (each sample once per epoch); ranks that get "
                            "fewer samples end their epoch first and DDP waits for them forever. Unless every "
-                           "rank's shards hold the same number of samples, use data.resampled=true "
-                           "data.steps_per_epoch=N (every rank then trains N steps per epoch)")
+                           "rank's shards hold the same number of samples, use data.webdata.resampled=true "
+                           "data.webdata.steps_per_epoch=N (every rank then trains N steps per epoch)")
         epoch = lightning_epoch(self)
         start = self._resume
         if start is not None and epoch is not None and start["epoch"] != epoch:

@@ -88,7 +88,7 @@ class CaptioningTask(MaMMUTTask):
         predictions, references = self.test_metrics.results()  # all ranks: a collective under DDP
         self.results = [{"image_id": int(i), "caption": c, "references": references[i]} for i, c in predictions.items()]
         if self.trainer.is_global_zero:
-            path = Path(self.trainer.default_root_dir) / f"captions_{self.cfg.data.test_split}_results.json"
+            path = Path(self.trainer.default_root_dir) / f"captions_{self.cfg.data.coco.test_split}_results.json"
             self.results_path = write_results(self.results, path)
             log.info("wrote %d captions to %s", len(self.results), path)
             if isinstance(self.logger, MLFlowLogger):

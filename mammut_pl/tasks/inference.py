@@ -71,7 +71,8 @@ def describe(task: Any, cfg: Config, paths: list[Path], load: Callable[[Path], t
     e = cfg.eval
     prompt = None
     if question:
-        collate = VQACollator(task.tokenizer, cfg.model.context_length, cfg.data.vqa_prompt, cfg.data.max_answer_tokens)
+        qa = cfg.data.msrvtt if cfg.data.name == "msrvtt" else cfg.data.vqav2  # the prompt it was trained with
+        collate = VQACollator(task.tokenizer, cfg.model.context_length, qa.prompt, qa.max_answer_tokens)
         prompt = torch.tensor([collate.prompt_ids(question)], device=task.device)
     rows: list[dict[str, Any]] = []
     for kept, items in loaded_batches(paths, load, errors, batch_size, key):

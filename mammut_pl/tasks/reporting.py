@@ -25,7 +25,7 @@ def example_captions(task: Any, datamodule: Any, n: int, max_new_tokens: int, nu
     """(generated caption, reference captions) for the first n test images."""
     loader = datamodule.test_dataloader()
     batch = next(iter(loader), None)
-    if batch is None:  # no test data (e.g. data.val_root='')
+    if batch is None:  # no test data (e.g. data.webdata.val_root='')
         return []
     model = task.model.eval()
     images = batch["images"][:n].to(task.device)
@@ -67,8 +67,9 @@ def karpathy_description(split: str, cfg: Config, datamodule: Any) -> dict[str, 
     from mammut_pl.data.coco import KARPATHY_FILES
 
     datasets = {file: name for name, file in KARPATHY_FILES.items()}
-    images = datamodule.split(cfg.data.test_split)
-    return {"data": datasets.get(cfg.data.karpathy_file, cfg.data.karpathy_file), "root": cfg.data.root,
-            "split": cfg.data.test_split, "images": len(images), "captions": sum(len(im.captions) for im in images),
-            "max_eval_images": cfg.data.max_eval_images,
-            "subset": limit("data.max_eval_images", cfg.data.max_eval_images)}
+    coco = cfg.data.coco
+    images = datamodule.split(coco.test_split)
+    return {"data": datasets.get(coco.karpathy_file, coco.karpathy_file), "root": cfg.data.root,
+            "split": coco.test_split, "images": len(images), "captions": sum(len(im.captions) for im in images),
+            "max_eval_images": coco.max_eval_images,
+            "subset": limit("data.coco.max_eval_images", coco.max_eval_images)}

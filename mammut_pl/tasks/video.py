@@ -42,7 +42,7 @@ class VideoModel:
     into the tube projections (a video checkpoint's own tubes are kept)."""
 
     def build_model(self) -> VideoMaMMUT:
-        return VideoMaMMUT(self.cfg.model.architecture(), self.cfg.video.encoder())
+        return VideoMaMMUT(self.cfg.model.architecture(), self.cfg.video.architecture())
 
     def init_from(self, path: str) -> None:
         super().init_from(path)  # type: ignore[misc]
@@ -205,7 +205,7 @@ def describe_qa(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
     questions = ctx.eval_questions(ctx.test_split)
     return {"data": "msrvtt", "root": cfg.data.root, "split": ctx.test_split,
             "questions": len(questions), "videos": len({q.video_id for q in questions}),
-            "subset": limit("data.max_eval_questions", cfg.data.max_eval_questions)}
+            "subset": limit("data.msrvtt.max_eval_questions", cfg.data.msrvtt.max_eval_questions)}
 
 
 def describe_captions(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
@@ -214,11 +214,11 @@ def describe_captions(split: str, cfg: Config, datamodule: Any) -> dict[str, Any
     return {"data": "msrvtt", "root": cfg.data.root, "split": split, "videos": len(videos),
             "captions": sum(len(v.captions) for v in videos),
             "retrieval_sentences": sum(bool(v.retrieval_text) for v in videos),
-            "subset": limit("data.max_eval_questions", cfg.data.max_eval_questions)}
+            "subset": limit("data.msrvtt.max_eval_questions", cfg.data.msrvtt.max_eval_questions)}
 
 
 def set_test_split(cfg: Config, split: str) -> None:
-    cfg.data.test_split = split  # {split}_qa.json, or the captions file's split
+    cfg.data.msrvtt.test_split = split  # {split}_qa.json, or the captions file's split
 
 
 def qa_table(report: dict[str, Any]) -> list[str]:
