@@ -181,6 +181,14 @@ def test_flat_data_keys_name_their_section(old, new, tmp_path):
         C.load(str(yaml))
 
 
+def test_fit_with_an_old_data_key_fails_in_one_line(capsys):
+    """`fit experiment=vqa data.val_split=...` (the flat key of before) stops with exit code 2 and one
+    line naming the new key, before any work."""
+    assert main(["experiment=vqa", "data.val_split=val2014"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: `data.val_split` was renamed to `data.vqav2.val_split` (command line)"]
+
+
 def test_shared_data_key_names_the_section_of_its_dataset():
     """A key several datamodules read (data.test_split) names the section of the run's data.name,
     wherever data.name is set (experiment or the same command line); without one, all of them."""
