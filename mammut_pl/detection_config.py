@@ -13,8 +13,6 @@ DEFAULT_PROMPTS = ["a {}", "a photo of a {}", "a picture of a {}"]
 class DetectionConfig:
     image_size: int = 1024  # detection resolution (square canvas); positions resampled from model.image_size
     base_only: bool = True  # open vocabulary: rare ('r') categories are removed from training
-    jitter_min: float = 0.1  # large-scale jitter: output scale range of the image (1.0, 1.0 = plain resize)
-    jitter_max: float = 2.0
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # class-name templates, "{}" = name
     train_text: bool = False  # fine-tune the text side too (False: class embeddings fixed, as at pretraining)
     # losses (Hungarian matching cost uses the same weights)
@@ -40,7 +38,6 @@ class DetectionConfig:
     nms_iou: float = 0.5  # class-wise NMS
     score_threshold: float = 0.0
     max_detections: int = 300  # per image (LVIS' limit)
-    max_eval_images: int = 0  # 0 = all
 
     def __post_init__(self) -> None:
         def fail(key: str, why: str) -> None:
@@ -48,12 +45,10 @@ class DetectionConfig:
 
         if self.image_size <= 0:
             fail("image_size", "must be positive")
-        if not 0 < self.jitter_min <= self.jitter_max:
-            fail("jitter_min", "need 0 < jitter_min <= jitter_max")
         if not self.prompts or any("{}" not in p for p in self.prompts):
             fail("prompts", "need at least one template, each with {} for the class name")
-        for key in ("cls_weight", "obj_weight", "l1_weight", "giou_weight", "focal_gamma", "max_eval_images",
-                    "federated_classes", "federated_power"):
+        for key in ("cls_weight", "obj_weight", "l1_weight", "giou_weight", "focal_gamma", "federated_classes",
+                    "federated_power"):
             if getattr(self, key) < 0:
                 fail(key, "must be >= 0")
         if not 0 <= self.focal_alpha <= 1:

@@ -31,7 +31,7 @@ videoqa / video_caption / detection score a checkpoint trained with that task
 (default) or val (MSRVTT: {split}_qa.json, or the captions file's split; LVIS: the
 data.lvis.test_file annotations, which default to val_file, or val_file). Another
 checkpoint is refused, naming both tasks. data.msrvtt.max_eval_questions= (video) and
-detection.max_eval_images= score the first ones only (the report says so).
+data.lvis.max_eval_images= score the first ones only (the report says so).
 
 zeroshot reads data.root= (one sub-folder per class; without it, a pretraining run's own
 data.zeroshot_root): ImageNet-1k names and the 80 OpenAI templates when the folders are the

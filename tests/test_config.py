@@ -164,6 +164,9 @@ def test_moved_data_keys_name_their_new_place(tmp_path):
     with pytest.raises(C.ConfigError, match=r"`detection.val_file` was renamed to `data.lvis.val_file` \(.*old.yaml\)"):
         C.load(str(yaml))
     assert C.load("lvis", ["data.lvis.test_file=t.json"]).data.lvis.test_file == "t.json"
+    with pytest.raises(C.ConfigError, match=r"^`detection.jitter_max` was renamed to `data.lvis.jitter_max`"):
+        C.load("lvis", ["detection.jitter_max=1.5"])  # LVIS' scale jitter is the datamodule's
+    assert C.load("lvis").data.lvis.jitter_max == 1.25
 
 
 @pytest.mark.parametrize("old, new", [

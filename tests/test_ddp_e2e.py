@@ -109,7 +109,7 @@ def test_detection_evaluation_on_two_ranks_equals_one_process(tmp_path, world):
     def start(name: str, *extra: str) -> subprocess.Popen:
         (tmp_path / name).mkdir()
         args = [sys.executable, "-m", "mammut_pl.evaluate", "task=detection", f"ckpt={ckpt}", f"out={tmp_path / name}",
-                "detection.max_eval_images=15", "data.eval_batch_size=4", "data.num_workers=0",
+                "data.lvis.max_eval_images=15", "data.eval_batch_size=4", "data.num_workers=0",
                 "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", *extra]
         return subprocess.Popen(args, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -178,7 +178,7 @@ def test_federated_loss_leaves_the_other_classes_out(tiny_detector):
 @pytest.mark.parametrize("overrides, message", [
     (["detection.image_size=100"], "detection.image_size.*patch size 8"),
     (["detection.nms_iou=0"], "detection.nms_iou"),
-    (["detection.jitter_min=2", "detection.jitter_max=1"], "detection.jitter_min"),
+    (["data.lvis.jitter_min=2", "data.lvis.jitter_max=1"], "data.lvis.jitter_min"),
     (["detection.prompts=[a photo]"], "detection.prompts"),
     (["detection.max_detection=3"], "Did you mean `detection.max_detections`"),
     (["data.name=vqav2"], "task=detection reads data.name=lvis"),

@@ -55,11 +55,21 @@ class MSRVTTSettings:
 
 @dataclass
 class LVISSettings:
-    """`data.lvis.*`: the LVIS annotation files in data.root (v1 or v0.5)."""
+    """`data.lvis.*`: the LVIS annotation files in data.root (v1 or v0.5), jitter, evaluation subset."""
 
     train_file: str = "lvis_v1_train.json"
     val_file: str = "lvis_v1_val.json"
     test_file: str = ""  # "" = val_file
+    jitter_min: float = 0.1  # large-scale jitter: output scale range of the image (1.0, 1.0 = plain resize)
+    jitter_max: float = 2.0
+    max_eval_images: int = 0  # 0 = all
+
+    def __post_init__(self) -> None:
+        if not 0 < self.jitter_min <= self.jitter_max:
+            raise ValueError(f"data.lvis.jitter_min={self.jitter_min}, data.lvis.jitter_max={self.jitter_max}: "
+                             "need 0 < jitter_min <= jitter_max")
+        if self.max_eval_images < 0:
+            raise ValueError(f"data.lvis.max_eval_images={self.max_eval_images}: must be >= 0")
 
 
 @dataclass

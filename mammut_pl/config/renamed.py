@@ -10,7 +10,8 @@ _WEBDATA = ("shards", "resampled", "steps_per_epoch", "shuffle_buffer", "val_roo
 # {"old.key": "new.key"}; a key that several datamodules shared has one new key per dataset section
 RENAMED: dict[str, str | tuple[str, ...]] = {
     **{f"video.{k}": f"data.msrvtt.{k}" for k in ("video_dir", "captions_file", "retrieval_csv")},
-    **{f"detection.{k}": f"data.lvis.{k}" for k in ("train_file", "val_file", "test_file")},
+    **{f"detection.{k}": f"data.lvis.{k}" for k in ("train_file", "val_file", "test_file", "jitter_min", "jitter_max",
+                                                   "max_eval_images")},
     **{f"data.{k}": f"data.webdata.{k}" for k in _WEBDATA},
     **{f"data.{k}": f"data.coco.{k}" for k in ("karpathy_file", "max_eval_images")},
     **{f"data.{k}": f"data.vqav2.{k}" for k in ("train_split", "predict_split")},

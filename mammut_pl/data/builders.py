@@ -115,11 +115,11 @@ def _webdata(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule:
 def _lvis(cfg: Config, tokenizer: Tokenizer) -> L.LightningDataModule:
     from mammut_pl.data.lvis import LVISDataModule
 
-    d, t = cfg.data, cfg.detection
-    return LVISDataModule(d.root, image_size=t.image_size, train_file=d.lvis.train_file, val_file=d.lvis.val_file,
-                          test_file=d.lvis.test_file, base_only=t.base_only, jitter=(t.jitter_min, t.jitter_max),
+    d, lv, t = cfg.data, cfg.data.lvis, cfg.detection
+    return LVISDataModule(d.root, image_size=t.image_size, train_file=lv.train_file, val_file=lv.val_file,
+                          test_file=lv.test_file, base_only=t.base_only, jitter=(lv.jitter_min, lv.jitter_max),
                           batch_size=d.batch_size, eval_batch_size=d.eval_batch_size, num_workers=d.num_workers,
-                          max_eval_images=t.max_eval_images, seed=cfg.seed)
+                          max_eval_images=lv.max_eval_images, seed=cfg.seed)
 
 
 BUILDERS: dict[str, Callable[..., L.LightningDataModule]] = {

@@ -212,7 +212,7 @@ def describe_data(split: str, cfg: Config, datamodule: Any) -> dict[str, Any]:
     return {"data": "lvis", "root": cfg.data.root, "split": split, "annotation_file": ctx.test_file,
             "images": len(gt["images"]), "annotations": len(gt["annotations"]),
             "categories": len(ctx.categories_of(ctx.test_file)),
-            "subset": limit("detection.max_eval_images", cfg.detection.max_eval_images)}
+            "subset": limit("data.lvis.max_eval_images", cfg.data.lvis.max_eval_images)}
 
 
 def set_test_split(cfg: Config, split: str) -> None:
