@@ -1,4 +1,9 @@
+"""Fixtures shared by every test folder: unit/ (one function or module), integration/ (several library
+parts together: datamodules on generated data, tasks with a trainer, DDP), e2e/ (whole command lines,
+marked `e2e`). Helper functions and modules are in tests/helpers/ (`from tests.helpers import ...`)."""
+
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +19,10 @@ def tiny_cfg():
     return MaMMUTConfig.from_name("test")
 
 
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1 (DDP rendezvous, a local MLflow server)."""
-    import socket
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """The tiny demo world (every dataset in its published layout, tokenizer.json), written once per
+    test module: a module may change its copy (a broken file, a fresh run) without touching another's."""
+    from mammut_pl.data.demo import write_demo
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)

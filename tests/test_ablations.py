@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from notebook_utils import PNG_MAGIC, shown_by_default, synthetic_store
 
 from mammut_pl import ablations
 from mammut_pl.ablations import Objective, ablation_table, param_order, pareto_front, typed
+from tests.helpers.notebook_utils import PNG_MAGIC, shown_by_default, synthetic_store
 
 # ---------------------------------------------------------------- Pareto front
 

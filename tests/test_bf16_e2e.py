@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from tests.helpers import demo_world_args
 
 pytestmark = pytest.mark.e2e
 
@@ -17,10 +18,8 @@ def test_demo_trains_in_bf16_mixed_with_checkpointing_and_lit(tmp_path):
     from mammut_pl.data.demo import write_demo
 
     world = write_demo(tmp_path / "world", tiny=True)
-    args = [sys.executable, "-m", "mammut_pl.fit", "experiment=demo",
-            f"data.root={world}/webdata", f"data.webdata.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
-            f"output_dir={tmp_path}/outputs", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-            "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+    args = [sys.executable, "-m", "mammut_pl.fit", "experiment=demo", *demo_world_args(world, "webdata", tmp_path),
+            f"data.webdata.val_root={world}/coco", "trainer.log_every_n_steps=1",
             "trainer.precision=bf16-mixed", "trainer.max_steps=4", "trainer.val_check_interval=2",
             "data.batch_size=8", "model.grad_checkpointing=true", "model.freeze_encoder=true",
             "model.freeze_encoder_unlocked_blocks=1"]

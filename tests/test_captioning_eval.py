@@ -20,22 +20,11 @@ import torch.nn.functional as F
 
 from mammut_pl import config as config_lib
 from mammut_pl import evaluate
-from mammut_pl.checkpoint import load_task
-from mammut_pl.data.transforms import image_transform, load_image
 from mammut_pl.runtime import build_datamodule, build_tokenizer_for
 from mammut_pl.metrics.captioning import caption_scores
 from mammut_pl.tasks import TASKS, CaptioningTask
-
-SMALL_MODEL = ["model.width=64", "model.depth=2", "model.heads=2", "model.num_cross_attn=1", "model.embed_dim=32",
-               "model.image_size=32", "model.encoder_kwargs.depth=1", "model.context_length=24"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)
-
+from tests.helpers import SMALL_MODEL, demo_world_args
+from tests.helpers.references import brute_force_recall, karpathy, load_split_images
 
 def small_config(world: Path, experiment: str = "coco_captioning", *overrides: str) -> config_lib.Config:
     data = ([f"data.webdata.val_root={world}/coco"] if experiment == "demo" else [f"data.root={world}/coco"])
@@ -53,19 +42,6 @@ def build(world: Path, *overrides: str):
 def eval_trainer(root: Path) -> L.Trainer:
     return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
-
-
-def karpathy(world: Path, split: str) -> list[dict]:
-    """The split's records, read straight from the file."""
-    images = json.loads((world / "coco" / "dataset_coco.json").read_text())["images"]
-    return [im for im in images if im["split"] == split]
-
-
-def load_split_images(world: Path, split: str, size: int) -> tuple[list[int], torch.Tensor]:
-    records = karpathy(world, split)
-    transform = image_transform(size, train=False)
-    images = [transform(load_image(str(world / "coco" / r["filepath"] / r["filename"]))) for r in records]
-    return [r["cocoid"] for r in records], torch.stack(images)
 
 
 # --- a content-dependent stand-in for decoding ---------------------------------------------------
@@ -171,28 +147,6 @@ def save_checkpoint(world: Path, path: Path, experiment: str) -> Path:
     return path
 
 
-def brute_force_recall(world: Path, ckpt: Path, split: str = "test") -> dict[str, float]:
-    """R@K from the full similarity matrix and argsort, embeddings straight from the loaded model."""
-    cfg, module, tok = load_task(ckpt, task="pretrain")
-    _, images = load_split_images(world, split, cfg.model.image_size)
-    records = karpathy(world, split)
-    captions = [s["raw"] for r in records for s in r["sentences"]]
-    owner = torch.tensor([i for i, r in enumerate(records) for _ in r["sentences"]])
-    with torch.no_grad():
-        sims = module.model.encode_image(images) @ module.model.encode_text(tok(captions, cfg.model.context_length)).T
-    i2t = sims.argsort(dim=1, descending=True)  # (N_img, N_txt)
-    t2i = sims.T.argsort(dim=1, descending=True)  # (N_txt, N_img)
-    out = {}
-    for k in (1, 5, 10):
-        hits = [bool((owner[i2t[i, :k]] == i).any()) for i in range(len(records))]  # ANY of its captions
-        out[f"i2t_R@{k}"] = 100 * sum(hits) / len(hits)
-    for k in (1, 5, 10):
-        hits = [bool((t2i[t, :k] == owner[t]).any()) for t in range(len(captions))]
-        out[f"t2i_R@{k}"] = 100 * sum(hits) / len(hits)
-    out["mean_R"] = sum(out.values()) / 6
-    return out
-
-
 @pytest.mark.parametrize("experiment", ["coco_captioning", "demo"])  # a COCO run, and a pretraining run's val_root
 def test_evaluate_retrieval_equals_brute_force(world, tmp_path, capsys, experiment):
     ckpt = save_checkpoint(world, tmp_path / "run" / "checkpoints" / "last.ckpt", experiment)
@@ -253,11 +207,8 @@ def captioning_run(world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("captioning_run")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        rc = fit.main(["experiment=coco_captioning", f"data.root={world}/coco",
-                       f"data.tokenizer={world}/tokenizer.json",
-                       f"output_dir={tmp}/outputs", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
-                       "data.num_workers=0", "data.batch_size=8", "trainer.max_steps=4", "trainer.val_check_interval=2",
-                       "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"])
+        rc = fit.main(["experiment=coco_captioning", *demo_world_args(world, "coco", tmp), "data.batch_size=8",
+                       "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1"])
     assert rc == 0, stdout.getvalue()[-3000:]
     return tmp, stdout.getvalue()
 

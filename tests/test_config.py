@@ -5,6 +5,7 @@ from omegaconf import OmegaConf
 
 from mammut_pl import config as C
 from mammut_pl.fit import main
+from tests.helpers import TEST_DATA
 
 
 def test_every_experiment_loads():
@@ -96,9 +97,8 @@ def test_experiments_resolve_as_before_presets():
     (tests/data/experiments_resolved.json, dumped from the files before that edit; when keys move,
     regenerated with `{name: to_dict(load(name))}` after checking that the diff only moves keys)."""
     import json
-    from pathlib import Path
 
-    before = json.loads((Path(__file__).parent / "data" / "experiments_resolved.json").read_text())
+    before = json.loads((TEST_DATA / "experiments_resolved.json").read_text())
     assert set(before) <= set(C.list_experiments())
     for name, resolved in before.items():
         now = json.loads(json.dumps(C.to_dict(C.load(name))))  # tuples -> lists, as the snapshot

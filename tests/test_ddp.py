@@ -47,7 +47,7 @@ def _captions(items):
 
 
 def _rank_main(rank, world, urls, out):
-    from ddp_group import gloo_group
+    from tests.helpers.ddp_group import gloo_group
 
     with gloo_group(rank, world, out):
         _rank_batches(rank, urls, out)

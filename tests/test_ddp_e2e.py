@@ -16,13 +16,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.ddp]
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)
-
-
 def start_fit(tmp: Path, world: Path, *overrides: str) -> subprocess.Popen:
     # COCO pairs in EpochSampler order (rank r takes items r, r + W, ... of one permutation) and no
     # augmentation: 2 x 4 and 1 x 8 train on the same 8 pairs at every step
@@ -97,8 +90,8 @@ def test_detection_evaluation_on_two_ranks_equals_one_process(tmp_path, world):
     LVIS AP as one process."""
     import json
 
-    from test_captioning_eval import SMALL_MODEL
-    from test_evaluate_more import write_fresh_checkpoint
+    from tests.helpers import SMALL_MODEL
+    from tests.helpers.checkpoints import write_fresh_checkpoint
 
     from mammut_pl import config as config_lib
 

@@ -18,6 +18,7 @@ from PIL import Image
 from mammut_pl.data import demo
 from mammut_pl.data.demo import COLORS, POSITIONS, SHAPES, write_demo
 from mammut_pl.data.tokenizer import build_tokenizer
+from tests.helpers import TEST_DATA
 
 
 @pytest.fixture(scope="module")
@@ -429,7 +430,7 @@ def test_refuses_foreign_folder(tmp_path):
     assert (out / "precious.txt").exists()
 
 
-HASHES = Path(__file__).parent / "data" / "demo_hashes.json"
+HASHES = TEST_DATA / "demo_hashes.json"
 
 
 def file_hashes(root: Path) -> dict[str, str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from lightning.pytorch.callbacks import Callback
-from test_captioning_eval import SMALL_MODEL
 
 from mammut_pl import config as config_lib
 from mammut_pl import fit, resume, runtime

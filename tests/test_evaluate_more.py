@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_captioning_eval import SMALL_MODEL
 
 from mammut_pl import config as config_lib
 from mammut_pl import evaluate, predict
@@ -29,14 +28,15 @@ from mammut_pl.data.msrvtt import answer_vocabulary, read_msrvtt_qa
 from mammut_pl.data.tokenizer import build_tokenizer
 from mammut_pl.data.video_decode import ClipTransform, read_video
 from mammut_pl.data.transforms import MEAN, STD
-from mammut_pl.runtime import build_datamodule, build_tokenizer_for
+from mammut_pl.runtime import build_datamodule
 from mammut_pl.metrics.captioning import caption_scores
 from mammut_pl.metrics.lvis import KEYS as LVIS_KEYS
 from mammut_pl.metrics.lvis import lvis_eval
 from mammut_pl.metrics.video_qa import exact_match
 from mammut_pl.model.detection import OpenVocabDetector
 from mammut_pl.model.video import VideoMaMMUT
-from mammut_pl.tasks import TASKS
+from tests.helpers import SMALL_MODEL
+from tests.helpers.checkpoints import write_fresh_checkpoint
 
 VIDEO = ["video.num_frames=8", "video.frame_stride=4", "video.tube_specs=[4x4x4 4x16x16 0x0x0,8x2x2 4x16x16 0x4x4]",
          "eval.max_new_tokens=3"]
@@ -44,13 +44,6 @@ EXPERIMENTS = {"videoqa": ("msrvtt_qa", "msrvtt", VIDEO), "video_caption": ("msr
                "detection": ("lvis", "lvis", ["detection.image_size=32"]),
                "captioning": ("coco_captioning", "coco", [])}
 QUIET = ["trainer.enable_progress_bar=false", "data.num_workers=0"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +58,7 @@ def ckpts(world, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def write_fresh_checkpoint(cfg, folder: Path) -> Path:
-    """folder/run/checkpoints/last.ckpt: a freshly initialised task (seed 0) of `cfg`, as fit writes it."""
-    build_tokenizer_for(cfg)
-    torch.manual_seed(0)
-    task = TASKS[cfg.task](config_lib.to_dict(cfg))
-    path = folder / "run" / "checkpoints" / "last.ckpt"
-    path.parent.mkdir(parents=True)
-    torch.save({"state_dict": task.state_dict(), "hyper_parameters": {"cfg": config_lib.to_dict(cfg)}}, path)
-    return path
+
 
 
 def clip_of(path: Path, cfg) -> torch.Tensor:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.e2e
 import torch
@@ -20,18 +21,10 @@ import torch
 from mammut_pl import fit, runtime
 from mammut_pl.resume import read_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["model.encoder=test_vit", "model.image_size=32", "model.width=32", "model.depth=2", "model.heads=2",
          "model.num_cross_attn=1", "model.embed_dim=32", "data.batch_size=4", "data.num_workers=0",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
          "trainer.max_time=null"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)
 
 
 def args(world: Path, out: Path, *overrides: str, val: bool = False, mlflow_db: Path | None = None) -> list[str]:
@@ -153,7 +146,7 @@ def run_fit(capsys, world, out, *overrides, mlflow_db=None):
 
 
 def test_unusable_resume_checkpoints_stop_before_training(tmp_path, world, capsys, monkeypatch):
-    from test_resume import evil_checkpoint
+    from tests.helpers.checkpoints import evil_checkpoint
 
     marker = tmp_path / "code_ran"
     evil = evil_checkpoint(tmp_path / "evil.ckpt", marker)

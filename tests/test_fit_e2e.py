@@ -8,23 +8,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from tests.helpers import demo_world_args
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)
 
 
 def fit(tmp: Path, world: Path, *overrides: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "mammut_pl.fit", "experiment=demo",
-            f"data.root={world}/webdata", f"data.webdata.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
-            f"output_dir={tmp}/outputs", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
-            "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", *overrides]
+    args = [sys.executable, "-m", "mammut_pl.fit", "experiment=demo", *demo_world_args(world, "webdata", tmp),
+            f"data.webdata.val_root={world}/coco", "trainer.log_every_n_steps=1", *overrides]
     return subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=1800)
 
 

@@ -14,12 +14,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzz import (PALETTE, assert_clear_error, bad_image_bytes, corrupt_file, image_bytes, json_mutations,
-                  tar_corruption, write_tar)
 from mammut_pl.data.coco import CaptionPairs, open_image, read_karpathy
 from mammut_pl.data.transforms import MEAN, STD, ImageError, image_transform
 from mammut_pl.data.webdata import WebPairStream
 from mammut_pl.runtime import error_message
+from tests.helpers.fuzz import (PALETTE, assert_clear_error, bad_image_bytes, corrupt_file, image_bytes, json_mutations,
+                  tar_corruption, write_tar)
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                         HealthCheck.too_slow])

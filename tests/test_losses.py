@@ -125,7 +125,7 @@ def test_unknown_loss_named():
 
 # --- data parallel: 2 gloo ranks == 1 process on the concatenated batch -----------------------
 def _rank_main(rank, world, kind, out):
-    from ddp_group import gloo_group
+    from tests.helpers.ddp_group import gloo_group
 
     with gloo_group(rank, world, Path(out).parent):
         _two_rank_loss(rank, world, kind, out)
@@ -180,7 +180,7 @@ def test_two_ranks_equal_one_process(kind, tmp_path):
 def _token_mean_rank_main(rank, world, out):
     """Rank r holds a different number of answer/caption tokens (3 vs 7): the DDP-averaged
     gradient of global_batch_mean must be the gradient of the mean over all 10 tokens."""
-    from ddp_group import gloo_group
+    from tests.helpers.ddp_group import gloo_group
 
     with gloo_group(rank, world, Path(out).parent):
         _token_mean(rank, world, out)

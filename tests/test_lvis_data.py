@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fuzz import assert_clear_error, json_mutations
 
 from mammut_pl.data.lvis import (
     LVISDataModule,
@@ -26,6 +25,7 @@ from mammut_pl.data.lvis import (
     xywh_to_xyxy,
 )
 from mammut_pl.data.transforms import MEAN, STD
+from tests.helpers.fuzz import assert_clear_error, json_mutations
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ def test_the_task_draws_federated_classes_by_seed_step_and_rank(lvis_root):
     depends only on (seed, step, rank), so a resumed run draws what the first one did."""
     from types import SimpleNamespace
 
-    from test_captioning_eval import SMALL_MODEL
+    from tests.helpers import SMALL_MODEL
 
     from mammut_pl import config as config_lib
     from mammut_pl.tasks.detection import DetectionTask

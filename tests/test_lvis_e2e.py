@@ -9,16 +9,14 @@ import sys
 
 import mlflow
 import pytest
+from tests.helpers import demo_world_args
 
 pytestmark = pytest.mark.e2e
 
 
 def fit(tmp, world, *extra):
-    args = [sys.executable, "-m", "mammut_pl.fit", "experiment=lvis",
-            f"data.root={world}/lvis", f"data.tokenizer={world}/tokenizer.json",
-            f"output_dir={tmp}/outputs", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
-            "data.num_workers=0", "data.batch_size=4", "data.eval_batch_size=8", "trainer.enable_progress_bar=false",
-            "trainer.log_every_n_steps=1", "trainer.max_steps=4", "trainer.val_check_interval=2",
+    args = [sys.executable, "-m", "mammut_pl.fit", "experiment=lvis", *demo_world_args(world, "lvis", tmp),
+            "data.batch_size=4", "data.eval_batch_size=8", "trainer.log_every_n_steps=1", "trainer.max_steps=4", "trainer.val_check_interval=2",
             "detection.image_size=64", *extra]
     return subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=900)
 

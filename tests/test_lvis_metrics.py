@@ -3,67 +3,13 @@ iou_type="bbox") on the same detections: on the demo LVIS v1 val file and on a h
 file with federated labels (neg / not-exhaustive categories), ignored boxes, every area range,
 tied scores, more than 300 detections on an image and detections of unverified categories."""
 
-import copy
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
 
 from mammut_pl.metrics import lvis_eval
-
-
-def official_lvis_eval(gt: dict, dets: list[dict]) -> dict:
-    """The lvis package's LVISEval (0.5.3). It imports OpenCV for its visualiser only and uses
-    np.float (removed in NumPy 1.24): both are supplied here, the evaluation code is untouched."""
-    if "cv2" not in sys.modules:
-        try:
-            import cv2  # noqa: F401
-        except ImportError:
-            sys.modules["cv2"] = types.ModuleType("cv2")
-    if not hasattr(np, "float"):
-        np.float = float  # type: ignore[attr-defined]
-    from lvis import LVIS, LVISEval, LVISResults
-
-    lvis_gt = LVIS.__new__(LVIS)
-    import logging
-
-    lvis_gt.logger = logging.getLogger("lvis")
-    lvis_gt.dataset = copy.deepcopy(gt)
-    lvis_gt._create_index()
-    ev = LVISEval(lvis_gt, LVISResults(lvis_gt, copy.deepcopy(dets)), iou_type="bbox")
-    ev.run()
-    return {k: float(v) for k, v in ev.get_results().items()}
-
-
-def assert_equal_results(ours: dict, ref: dict) -> None:
-    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR@300", "ARs@300", "ARm@300",
-                "ARl@300"):
-        assert ours[key] == pytest.approx(ref[key], abs=1e-12), (key, ours[key], ref[key])
-
-
-def noisy_detections(gt: dict, rng: np.random.Generator, per_image_extra: int = 4) -> list[dict]:
-    """Jittered copies of the gt boxes (some with the wrong category), random boxes, scores with ties."""
-    cat_ids = [c["id"] for c in gt["categories"]]
-    dets = []
-    for a in gt["annotations"]:
-        x, y, w, h = a["bbox"]
-        for _ in range(int(rng.integers(0, 3))):
-            j = rng.normal(0, 0.15, 4) * [w, h, w, h]
-            cat = a["category_id"] if rng.random() < 0.8 else int(rng.choice(cat_ids))
-            dets.append({"image_id": a["image_id"], "category_id": cat,
-                         "bbox": [float(x + j[0]), float(y + j[1]), float(max(w + j[2], 0.5)), float(max(h + j[3], 0.5))],
-                         "score": float(np.round(rng.random(), 2))})  # rounded: ties between detections
-    for img in gt["images"]:
-        W, H = img["width"], img["height"]
-        for _ in range(per_image_extra):
-            x, y = rng.uniform(0, W * 0.8), rng.uniform(0, H * 0.8)
-            dets.append({"image_id": img["id"], "category_id": int(rng.choice(cat_ids)),
-                         "bbox": [float(x), float(y), float(rng.uniform(1, W - x)), float(rng.uniform(1, H - y))],
-                         "score": float(np.round(rng.random(), 2))})
-    order = rng.permutation(len(dets))
-    return [dets[i] for i in order]
+from tests.helpers.references import assert_equal_results, noisy_detections, official_lvis_eval
 
 
 @pytest.fixture(scope="module")

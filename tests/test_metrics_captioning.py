@@ -29,8 +29,8 @@ from mammut_pl.metrics.captioning import (
     distinct_caption_fraction,
 )
 from mammut_pl.metrics.ptb_tokenizer import ptb_tokenize
+from tests.helpers import free_port
 
-from conftest import free_port
 
 # (input caption, output of pycocoevalcap's PTBTokenizer with CoreNLP 3.4.1)
 GOLDEN = [

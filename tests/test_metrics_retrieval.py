@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 from torch.overrides import TorchFunctionMode
 
 from mammut_pl.metrics.retrieval import RetrievalRecall, retrieval_recall
+from tests.helpers import free_port
 
-from conftest import free_port
 
 KS = (1, 5, 10)
 

@@ -8,7 +8,7 @@ import math
 
 import nbformat
 import pytest
-from notebook_utils import (NOTEBOOK, PNG_MAGIC, XA, FakeStudy, errors, notebook_report, output_texts, pngs,
+from tests.helpers.notebook_utils import (NOTEBOOK, PNG_MAGIC, XA, FakeStudy, errors, notebook_report, output_texts, pngs,
                             run_notebook, shown_by_default, synthetic_store)
 
 

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from mammut_pl.model import MaMMUT, MaMMUTConfig, load_openmammut
 from mammut_pl.model.openmammut import (config_from_open_clip, read_weights, save_openmammut,
                                         to_fork_state_dict)
+from tests.helpers import SHARED_FIXTURES, demo_world_args
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "openmammut"
+FIXTURES = SHARED_FIXTURES / "openmammut"
 NAMES = ("tiny_mlp", "tiny_nomlp")
 
 
@@ -314,9 +315,7 @@ def test_fit_vqa_from_an_openmammut_folder(tmp_path):
     folder = fixture("tiny_mlp")
     world = write_demo(tmp_path / "world", tiny=True)
     args = [sys.executable, "-m", "mammut_pl.fit", "experiment=vqa", f"model.init_from={folder}",
-            "data.tokenizer=clip", f"data.root={world}/vqav2", f"output_dir={tmp_path}/outputs",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "data.num_workers=0", "data.batch_size=4",
-            "trainer.enable_progress_bar=false", "trainer.max_steps=2", "trainer.val_check_interval=2",
+            *demo_world_args(world, "vqav2", tmp_path), "data.tokenizer=clip", "data.batch_size=4", "trainer.max_steps=2", "trainer.val_check_interval=2",
             "data.vqav2.max_eval_questions=8"]
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -333,7 +332,7 @@ def test_fit_vqa_from_an_openmammut_folder(tmp_path):
 @pytest.mark.e2e
 def test_evaluate_retrieval_from_an_openmammut_folder(tmp_path, capsys):
     """evaluate task=retrieval ckpt=<folder>: the report equals recall from a full similarity matrix."""
-    from test_captioning_eval import brute_force_recall
+    from tests.helpers.references import brute_force_recall
 
     from mammut_pl import evaluate
     from mammut_pl.data.demo import write_demo

@@ -16,7 +16,7 @@ import pytest
 
 from mammut_pl.data.lvis import read_lvis
 from mammut_pl.metrics import lvis_eval
-from test_lvis_metrics import assert_equal_results, noisy_detections, official_lvis_eval
+from tests.helpers.references import assert_equal_results, noisy_detections, official_lvis_eval
 
 ROOT = os.environ.get("MAMMUT_LVIS_ROOT", "")
 FILES = {"lvis_v1_val.json": ("v1", 1203), "lvis_v0.5_val.json": ("v0.5", 1230)}

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from fuzz import PALETTE, image_bytes, write_tar
 from mammut_pl.config import ConfigError
 from mammut_pl.data.coco import CocoCaptionsDataModule
 from mammut_pl.data.tokenizer import build_tokenizer
@@ -19,34 +18,13 @@ from mammut_pl.data.webdata import WebDataModule, shard_urls
 from mammut_pl.resume import (AtomicCheckpointIO, CheckpointError, ResumeState, capture_rng, check_resume_checkpoint,
                               derive_seed, read_checkpoint, remove_stale_temporaries, restore_rng)
 from mammut_pl.tasks.base import load_weights
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)
+from tests.helpers.checkpoints import evil_checkpoint
+from tests.helpers.fuzz import PALETTE, image_bytes, write_tar
 
 
 @pytest.fixture(scope="module")
 def tok(world):
     return build_tokenizer(str(world / "tokenizer.json"))
-
-
-class Payload:
-    """Unpickling this runs code (creates a marker file): what a weights-only load must refuse."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def evil_checkpoint(path, marker):
-    torch.save({"state_dict": {"model.x": torch.ones(2)}, "optimizer_states": [], "loops": {},
-                "hyper_parameters": {"cfg": {}}, "payload": Payload(marker)}, path)
-    return path
 
 
 # --- checkpoints ------------------------------------------------------------------------------

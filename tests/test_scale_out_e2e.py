@@ -16,11 +16,10 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from tests.helpers import ROOT, free_port
 
-from conftest import free_port
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("MAMMUT_TEST_POSTGRES_URL", "")
 
 SWEEP = """
@@ -36,13 +35,6 @@ overrides:
   all: [trainer.max_time=null, trainer.enable_progress_bar=false, data.num_workers=0, data.batch_size=8,
         trainer.max_steps=2, trainer.val_check_interval=2]
 """
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)
 
 
 def run_sweep(tmp: Path, world: Path, *settings: str) -> tuple[str, subprocess.CompletedProcess]:

@@ -24,7 +24,7 @@ import pytest
 from scipy import stats
 
 from mammut_pl.tracking import sqlite_creation_lock
-from tests.notebook_utils import errors, notebook_report, pngs, run_notebook
+from tests.helpers.notebook_utils import errors, notebook_report, pngs, run_notebook
 
 pytestmark = pytest.mark.e2e
 
@@ -52,13 +52,6 @@ def sweep_cmd(tmp: Path, world: Path, sweep_file: Path, *extra: str) -> list[str
             f"sweep.tracking_uri=sqlite:///{tmp}/mlflow.db", f"pretrain.data.root={world}/webdata",
             f"pretrain.data.webdata.val_root={world}/coco", f"vqa.data.root={world}/vqav2",
             f"data.tokenizer={world}/tokenizer.json", *extra]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)
 
 
 def load_study(db: Path) -> optuna.Study | None:

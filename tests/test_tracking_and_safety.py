@@ -5,15 +5,14 @@ torch.load is weights-only; YAML only through OmegaConf; the MLflow UI binds to 
 import logging
 import re
 import time
-from pathlib import Path
 
 import pytest
 from lightning.pytorch.loggers import MLFlowLogger
 
 from mammut_pl.config import ConfigError
 from mammut_pl.tracking import ResilientMLFlowLogger, check_tracking_server
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tracking_server_check_fails_fast():

@@ -4,17 +4,16 @@
 
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 
-from test_captioning_eval import SMALL_MODEL
 
 from mammut_pl import config as config_lib
 from mammut_pl import evaluation, fit, prediction
 from mammut_pl.config import ConfigError
+from tests.helpers import demo_world_args
 
 # what fit / evaluate / predict pass to L.Trainer themselves and keep for themselves
 REFUSED = ["logger", "callbacks", "default_root_dir", "enable_checkpointing", "plugins"]
@@ -70,9 +69,8 @@ def test_fit_limit_val_batches_zero(tmp_path):
 
     world = write_demo(tmp_path / "world", tiny=True)
     args = [sys.executable, "-m", "mammut_pl.fit", "experiment=demo", "trainer.limit_val_batches=0",
-            f"data.root={world}/webdata", f"data.webdata.val_root={world}/coco", f"data.tokenizer={world}/tokenizer.json",
-            f"output_dir={tmp_path}/outputs", "mlflow.enabled=false", "data.num_workers=0",
-            "trainer.enable_progress_bar=false", "trainer.max_steps=2", "trainer.val_check_interval=1", "data.batch_size=8", *SMALL_MODEL]
+            *demo_world_args(world, "webdata", tmp_path, mlflow=False), f"data.webdata.val_root={world}/coco",
+            "trainer.max_steps=2", "trainer.val_check_interval=1", "data.batch_size=8", *SMALL_MODEL]
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = (tmp_path / "outputs" / "demo").iterdir()

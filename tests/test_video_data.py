@@ -11,7 +11,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from fuzz import assert_clear_error, json_mutations
 from mammut_pl.data.msrvtt import (
     MSRVTTDataModule,
     answer_vocabulary,
@@ -22,13 +21,7 @@ from mammut_pl.data.msrvtt import (
 from mammut_pl.data.video_decode import VideoError, decode_all, pick_frames, read_video, sample_times
 from mammut_pl.data.tokenizer import build_tokenizer
 from mammut_pl.metrics.video_qa import VideoQAAccuracy, question_type
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("video-demo"), tiny=True)
+from tests.helpers.fuzz import assert_clear_error, json_mutations
 
 
 @pytest.fixture(scope="module")

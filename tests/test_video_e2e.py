@@ -8,15 +8,14 @@ import sys
 
 import mlflow
 import pytest
+from tests.helpers import demo_world_args
 
 pytestmark = pytest.mark.e2e
 
 
 def fit(tmp, world, *args):
-    cmd = [sys.executable, "-m", "mammut_pl.fit", f"data.root={world}/msrvtt", f"data.tokenizer={world}/tokenizer.json",
-           f"output_dir={tmp}/outputs", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", "data.num_workers=0",
-           "data.batch_size=4", "data.eval_batch_size=4", "trainer.enable_progress_bar=false",
-           "trainer.log_every_n_steps=1", "video.num_frames=8", "video.frame_stride=4",
+    cmd = [sys.executable, "-m", "mammut_pl.fit", *demo_world_args(world, "msrvtt", tmp),
+           "data.batch_size=4", "data.eval_batch_size=4", "trainer.log_every_n_steps=1", "video.num_frames=8", "video.frame_stride=4",
            "video.tube_specs=[4x4x4 4x16x16 0x0x0,8x2x2 4x16x16 0x4x4]", *args]
     return subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
 

@@ -17,13 +17,6 @@ from mammut_pl.metrics.vqa import vqa_accuracy
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)
-
-
-@pytest.fixture(scope="module")
 def tokenizer(world):
     return build_tokenizer(world / "tokenizer.json")
 

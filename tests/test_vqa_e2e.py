@@ -5,10 +5,10 @@ writes the official test-dev results file and answers questions about single ima
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
+from tests.helpers import demo_world_args
 
 pytestmark = pytest.mark.e2e
 
@@ -19,11 +19,8 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("vqa")
     world = write_demo(tmp / "world", tiny=True)
-    args = [sys.executable, "-m", "mammut_pl.fit", "experiment=vqa",
-            f"data.root={world}/vqav2", f"data.tokenizer={world}/tokenizer.json",
-            f"output_dir={tmp}/outputs", f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db",
-            "data.num_workers=0", "data.batch_size=8", "trainer.enable_progress_bar=false",
-            "trainer.log_every_n_steps=1", "trainer.max_steps=6", "trainer.val_check_interval=3"]
+    args = [sys.executable, "-m", "mammut_pl.fit", "experiment=vqa", *demo_world_args(world, "vqav2", tmp),
+            "data.batch_size=8", "trainer.log_every_n_steps=1", "trainer.max_steps=6", "trainer.val_check_interval=3"]
     r = subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp, world, r.stdout

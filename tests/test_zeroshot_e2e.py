@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers import ROOT, SHARED_FIXTURES, demo_world_args
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "openmammut" / "tiny_mlp"
+FIXTURE = SHARED_FIXTURES / "openmammut" / "tiny_mlp"
 SMALL = ["model.width=64", "model.depth=2", "model.heads=2", "model.num_cross_attn=1", "model.embed_dim=32",
          "model.encoder_kwargs.depth=1"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from mammut_pl.data.demo import write_demo
-
-    return write_demo(tmp_path_factory.mktemp("world"), tiny=True)
 
 
 def python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -33,9 +26,8 @@ def python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_fit_logs_zeroshot_and_evaluate_scores_the_checkpoint_the_same(tmp_path, world):
-    r = python("mammut_pl.fit", "experiment=demo", f"data.root={world}/webdata", f"data.webdata.val_root={world}/coco",
-               f"data.tokenizer={world}/tokenizer.json", f"output_dir={tmp_path}/outputs", "mlflow.enabled=false",
-               "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.max_steps=4",
+    r = python("mammut_pl.fit", "experiment=demo", *demo_world_args(world, "webdata", tmp_path, mlflow=False),
+               f"data.webdata.val_root={world}/coco", "trainer.max_steps=4",
                "trainer.val_check_interval=2", "data.batch_size=8", *SMALL, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     printed = re.search(r"zero-shot classification \(35 classes, [^)]*\): top-1 ([\d.]+)", r.stdout)

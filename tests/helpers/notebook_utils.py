@@ -24,7 +24,7 @@ from typing import Any
 
 import nbformat
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "ablations.ipynb"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -289,7 +289,7 @@ def synthetic_store(directory: Path) -> str:
     return f"sqlite:///{directory / 'mlflow.db'}"
 
 
-if __name__ == "__main__":  # python tests/notebook_utils.py --out DIR [--uri URI] [--sweep NAME]
+if __name__ == "__main__":  # python tests/helpers/notebook_utils.py --out DIR [--uri URI] [--sweep NAME]
     import argparse
 
     parser = argparse.ArgumentParser(description="Execute notebooks/ablations.ipynb; print the executed copy's path.")

@@ -2,7 +2,7 @@
 
 Any reader can use them (webdata, COCO today; VQAv2, MSRVTT, LVIS next):
 
-    from fuzz import json_mutations, assert_clear_error, bad_image_bytes, write_tar   # tests/ is on sys.path
+    from tests.helpers.fuzz import json_mutations, assert_clear_error, bad_image_bytes, write_tar
 
     @given(m=json_mutations(valid_doc))            # one mutation of a valid JSON document
     def test_reader(m, tmp_path_factory):
