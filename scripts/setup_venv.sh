@@ -15,7 +15,7 @@ fi
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install torch==2.13.0
 $PIP install -c constraints.txt -e ".[dev]"
-# The official LVIS evaluation (LVISEval), the reference of tests/test_lvis_metrics.py. Without its
+# The official LVIS evaluation (LVISEval), the reference of tests/unit/test_lvis_metrics.py. Without its
 # declared dependencies: it lists opencv-python for its visualiser only; numpy, pycocotools and
 # matplotlib are already here (pyproject.toml cannot say --no-deps, hence this line).
 $PIP install -c constraints.txt --no-deps lvis==0.5.3

@@ -5,7 +5,7 @@
 
 `gt` is an LVIS annotation file (path) or its loaded JSON; `detections` the results format:
 [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]. The protocol, step by step as in
-`lvis/eval.py` (LVIS 0.5.3), so the numbers are the official ones (tests/test_lvis_metrics.py
+`lvis/eval.py` (LVIS 0.5.3), so the numbers are the official ones (tests/unit/test_lvis_metrics.py
 compares them with LVISEval itself):
 
 - at most 300 detections per image (the highest scores; LVISResults.limit_dets_per_image);

@@ -10,7 +10,7 @@ The Java tokenizer is a JFlex longest-match lexer (PTBLexer.flex). It is reprodu
 as a rule table scanned with the same semantics: at each position every rule is tried,
 the longest match wins (JFlex counts trailing context, ``a/b``, in the length), ties go
 to the earlier rule. The rules were transcribed from PTBLexer.flex and then calibrated
-against the real stanford-corenlp-3.4.1.jar; ``tests/test_metrics_captioning.py`` holds
+against the real stanford-corenlp-3.4.1.jar; ``tests/unit/test_metrics_captioning.py`` holds
 golden outputs of that jar. What CoreNLP 3.4.1 does, and so what this does:
 
 * lower-cases every token (after tokenising, so the few case-sensitive rules, e.g.

@@ -61,7 +61,7 @@ def load_openmammut_or_skip():
 
 
 def test_evaluate_openmammut_folder(tmp_path, world):
-    if not (FIXTURE / "open_clip_config.json").is_file():  # as tests/test_openmammut.py
+    if not (FIXTURE / "open_clip_config.json").is_file():  # as tests/integration/test_openmammut.py
         pytest.skip(f"shared openMaMMUT fixture missing: {FIXTURE} (see ../shared/fixtures/openmammut/README.md)")
     load_openmammut = load_openmammut_or_skip()
     import open_clip

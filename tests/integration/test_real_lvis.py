@@ -2,7 +2,7 @@
 happens here): set MAMMUT_LVIS_ROOT to the folder holding lvis_v1_val.json and/or
 lvis_v0.5_val.json (and, optionally, the COCO image folders train2017/ val2017/), then
 
-    MAMMUT_LVIS_ROOT=/data/lvis .venv/bin/python -m pytest tests/test_real_lvis.py -v
+    MAMMUT_LVIS_ROOT=/data/lvis .venv/bin/python -m pytest tests/integration/test_real_lvis.py -v
 
 Skipped (with this reason) everywhere else; the demo-format files are covered by test_lvis_*.py."""
 

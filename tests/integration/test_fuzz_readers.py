@@ -1,4 +1,4 @@
-"""Fuzzing the readers with hypothesis (helpers in tests/fuzz.py, reusable by other readers).
+"""Fuzzing the readers with hypothesis (helpers in tests/helpers/fuzz.py, reusable by other readers).
 
 webdataset shards (noisy web data): every bad sample or shard is skipped and counted, never a
 crash, and every sample that comes out is exactly one that went in (its own image with its own

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "mammut_pl"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "mammut_pl"
 ENTRY_POINTS = {"mammut_pl.fit", "mammut_pl.evaluate", "mammut_pl.predict", "mammut_pl.sweep", "mammut_pl.bench",
                 "mammut_pl.export"}
 # the layer of each module (the longest matching prefix wins); a module may import its own layer or lower
