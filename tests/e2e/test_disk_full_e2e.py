@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from mammut_pl import config as config_lib
 from mammut_pl import fit, resume, runtime
 from mammut_pl.resume import check_resume_checkpoint, read_checkpoint
+from tests.helpers import SMALL_MODEL
 
 pytestmark = pytest.mark.e2e
 

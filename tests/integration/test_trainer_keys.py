@@ -13,7 +13,7 @@ import pytest
 from mammut_pl import config as config_lib
 from mammut_pl import evaluation, fit, prediction
 from mammut_pl.config import ConfigError
-from tests.helpers import demo_world_args
+from tests.helpers import SMALL_MODEL, demo_world_args
 
 # what fit / evaluate / predict pass to L.Trainer themselves and keep for themselves
 REFUSED = ["logger", "callbacks", "default_root_dir", "enable_checkpointing", "plugins"]
