@@ -23,6 +23,9 @@ Sections
               readers and MSRVTT clip decoding per core (bench/data.py).
  6. eval      evaluation at the evaluation batch: zero-shot retrieval images/s,
               captions/s greedy and beam search (KV cache).
+ 7. compile   the training step compiled whole (model.compile=true, inductor) vs eager at
+              ViT-B/32, CPU fp32 batch 8, and its graph breaks / recompiles as caption
+              lengths vary (bench/compile.py).
  With a GPU also: bf16-mixed at batch 256, eager and torch.compile'd, with the
  achieved TFLOP/s and MFU (FLOPs counted by torch.utils.flop_counter).
 
@@ -152,6 +155,8 @@ class Plan:
     gpu_batch: int = 256
     gpu_warmup: int = 3
     gpu_rounds: int = 10
+    compile_backend: str = "inductor"  # the compile section's torch.compile backend
+    compile_batches: int = 4  # batches of different text lengths the compiled step sees
 
 
 def make_plan(mode: str) -> Plan:
@@ -165,7 +170,8 @@ def make_plan(mode: str) -> Plan:
         return Plan("smoke", "tiny", batch=4, warmup=1, rounds=2, overhead_warmup=1, overhead_rounds=2,
                     gen_batch=2, gen_eval_batch=3, gen_repeats=1, retrieval_images=200, retrieval_repeats=1, data_images=4,
                     data_rounds=1, data_batch=2, eval_batch=4, eval_rounds=1, beams=2,
-                    gpu_batch=8, gpu_warmup=1, gpu_rounds=2)
+                    gpu_batch=8, gpu_warmup=1, gpu_rounds=2,
+                    compile_backend="eager", compile_batches=3)  # dynamo only: no code generation, seconds
     raise ValueError(f"unknown mode {mode!r}")
 
 
@@ -331,6 +337,7 @@ def pretrain_task(preset: str):
 def suite_loss(task, model: nn.Module | None = None, **loss_overrides: Any) -> LossFn:
     """The suite's own training loss, `PretrainTask.losses`, optionally run on another view
     of the same weights (a torch.compile'd model) or with other loss weights."""
+    from mammut_pl.model.decoder import TextIndex
     from mammut_pl.tasks.pretrain import PretrainTask
 
     cfg = task.cfg
@@ -338,7 +345,9 @@ def suite_loss(task, model: nn.Module | None = None, **loss_overrides: Any) -> L
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, **loss_overrides))
     view = SimpleNamespace(model=task.model if model is None else model, cfg=cfg,
                            contrastive_loss=task.contrastive_loss, caption_loss=task.caption_loss)
-    return lambda images, tokens: PretrainTask.losses(view, images, tokens)["loss"]
+    # the TextIndex inside the step, as before: in training the collator computes it (DataLoader worker)
+    return lambda images, tokens: PretrainTask.step_losses(
+        view, images, tokens, TextIndex.of(tokens, cfg.model.pad_id))["loss"]
 
 
 def build_mammut_pl(scale: str, with_padded: bool = True) -> list[Contender]:
@@ -676,6 +685,12 @@ def section_data(plan: Plan, device: torch.device) -> dict[str, Any]:
     return run_data(plan, device)
 
 
+def section_compile(plan: Plan, device: torch.device) -> dict[str, Any]:
+    from bench.compile import section_compile as run_compile
+
+    return run_compile(plan, device)
+
+
 @torch.no_grad()
 def section_eval(plan: Plan, device: torch.device) -> dict[str, Any]:
     """Evaluation at the evaluation batch (data.eval_batch_size): zero-shot retrieval (image tower +
@@ -892,6 +907,11 @@ def markdown(res: dict[str, Any]) -> str:
                      f"captions/s greedy / beam {ev['beams']} (KV cache, {ev['new_tokens']} tokens) | "
                      f"{ev['retrieval_images_per_s']:.1f}; {ev['greedy_captions_per_s']:.1f} / "
                      f"{ev['beam_captions_per_s']:.1f} | |")
+    co = res.get("compile")
+    if co and "rows" in co:
+        from bench.compile import markdown_rows as compile_rows
+
+        lines += compile_rows(co)
     da = res.get("data")
     if da and "shards" in da:
         from bench.data import markdown_rows
@@ -923,7 +943,8 @@ def _jsonable(x: Any) -> Any:
 
 
 SECTIONS = {"train": section_train, "overhead": section_overhead, "generate": section_generate,
-            "retrieval": section_retrieval, "data": section_data, "eval": section_eval}
+            "retrieval": section_retrieval, "data": section_data, "eval": section_eval,
+            "compile": section_compile}
 
 
 def run(mode: str = "full", out: str | Path = "bench/results", sections: list[str] | None = None,
@@ -935,7 +956,7 @@ def run(mode: str = "full", out: str | Path = "bench/results", sections: list[st
                            "machine": machine(), "plan": dataclasses.asdict(plan), "targets": TARGETS}
     cpu = torch.device("cpu")
     # memory-light sections first: the RSS high-water mark is cleanest before the big models ran
-    for name in [s for s in ("retrieval", "data", "eval", "generate", "train", "overhead") if s in sections]:
+    for name in [s for s in ("retrieval", "data", "eval", "generate", "train", "overhead", "compile") if s in sections]:
         log(f"[bench] {name} ...")
         t0 = time.perf_counter()
         try:

@@ -52,6 +52,7 @@ class MaMMUTTask(L.LightningModule):
     # True: the training step's forward and losses run through `packed_step`, which model.compile=true
     # compiles whole; False: model.compile=true compiles the model's forward in place
     compiles_step = False
+    compile_backend = "inductor"  # torch.compile's backend for the step ("aot_eager" in tests: no C++ build)
 
     def __init__(self, cfg: dict[str, Any], tokenizer: Tokenizer | None = None) -> None:
         super().__init__()
@@ -126,7 +127,7 @@ class MaMMUTTask(L.LightningModule):
             return fn(images, tokens, text_index)
         compiled = self.__dict__.setdefault("_compiled_steps", {})  # plain attribute: not a submodule
         if fn.__name__ not in compiled:
-            compiled[fn.__name__] = torch.compile(fn)
+            compiled[fn.__name__] = torch.compile(fn, backend=self.compile_backend)
         torch._dynamo.maybe_mark_dynamic(tokens, 1)
         torch._dynamo.maybe_mark_dynamic(text_index.real, 0)
         torch._dynamo.maybe_mark_dynamic(text_index.caption, 0)
