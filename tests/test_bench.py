@@ -156,6 +156,21 @@ def test_overhead_generation_retrieval_data(smoke):
     assert "open_clip get_wds_dataset" in md and "zero-shot retrieval" in md
 
 
+def test_compiled_step_row(smoke):
+    """The compile section: the compiled step (dynamo only in --smoke) against eager on one model and
+    batch, then batches of other text lengths without a graph break or a recompile."""
+    out, res, _ = smoke
+    co = res["compile"]
+    assert co["backend"] == res["plan"]["compile_backend"] == "eager"
+    for row in co["rows"].values():
+        check_times(row["step_s"]), check_times(row["cpu_s"])
+    assert math.isclose(co["ratios"]["compiled/eager"],
+                        co["rows"]["compiled"]["step_s"]["median"] / co["rows"]["eager"]["step_s"]["median"], rel_tol=1e-9)
+    assert len({tuple(s) for s in co["token_shapes"]}) == len(co["token_shapes"]) == res["plan"]["compile_batches"]
+    assert co["graph_breaks"] == 0 and co["recompiles"] <= 2 and positive(co["first_compiled_step_s"])
+    assert "compiled step: graph breaks / recompiles" in (out / "latest.md").read_text()
+
+
 def test_summary_and_cli_validation():
     s = bench.summary([3.0, 1.0, 2.0])
     assert (s["median"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 3.0, 3)
