@@ -29,6 +29,11 @@ def rotated_tokens(batch: int, start: int, context_length: int = 76) -> Tensor:
     return ClipTokenizer()(texts, context_length, pad_to_longest=True)
 
 
+def text_lengths(tokens: Tensor, index: Any) -> list[int]:
+    """[T, N, M]: padded length, real tokens, caption targets: the sizes the compiled step sees vary."""
+    return [tokens.shape[1], len(index.real), len(index.caption)]
+
+
 def dynamo_counts() -> tuple[int, int]:
     """(graph breaks, graphs compiled) since the last counters.clear()."""
     from torch._dynamo.utils import counters
@@ -67,16 +72,17 @@ def section_compile(plan: Any, device: torch.device) -> dict[str, Any]:
     task.model.zero_grad(set_to_none=True)
     rows = measure_training(contenders, images, tokens, plan.warmup, plan.rounds, device)
     # other batches, other lengths: the compiled step must neither break nor compile again
-    lengths = [list(tokens.shape)]
+    lengths = [text_lengths(tokens, index)]
     for k in range(1, plan.compile_batches):
-        other = rotated_tokens(plan.batch, 5 * k).to(device)
-        lengths.append(list(other.shape))
-        task.losses(images, other, TextIndex.of(other, pad))["loss"].backward()
+        other = rotated_tokens(plan.batch, 3 * k).to(device)
+        other_index = TextIndex.of(other, pad)
+        lengths.append(text_lengths(other, other_index))
+        task.losses(images, other, other_index)["loss"].backward()
     task.model.zero_grad(set_to_none=True)
     breaks, graphs = dynamo_counts()
     return {"device": str(device), "precision": "fp32", "batch_size": plan.batch, "backend": plan.compile_backend,
             "encoder": task.model.config.encoder, "tokens_shape": list(tokens.shape), "rows": rows,
-            "first_compiled_step_s": first_s, "token_shapes": lengths, "graph_breaks": breaks,
+            "first_compiled_step_s": first_s, "text_lengths": lengths, "graph_breaks": breaks,
             "recompiles": graphs - 1,
             "ratios": {"compiled/eager": ratio(rows, "compiled", "eager"),
                        "cpu compiled/eager": ratio(rows, "compiled", "eager", "cpu_s")}}
@@ -86,9 +92,10 @@ def markdown_rows(co: dict[str, Any]) -> list[str]:
     from bench.run import _fmt_ratio, _fmt_s
 
     e, c = co["rows"]["eager"], co["rows"]["compiled"]
-    lengths = ", ".join(str(t) for _, t in co["token_shapes"])
+    lengths = ", ".join("/".join(map(str, x)) for x in co["text_lengths"])
     return [f"| {co['device']} {co['precision']} batch {co['batch_size']}: compiled step ({co['backend']}) / eager "
             f"({_fmt_s(c['step_s'])} s / {_fmt_s(e['step_s'])} s; first compiled call {co['first_compiled_step_s']:.0f} s) | "
             f"{_fmt_ratio(co['ratios']['compiled/eager'])} | {_fmt_ratio(co['ratios'].get('cpu compiled/eager'))} |",
-            f"| compiled step: graph breaks / recompiles over {len(co['token_shapes'])} batches of text lengths "
-            f"{lengths} (targets 0 / <= 2) | {co['graph_breaks']} / {co['recompiles']} | |"]
+            f"| compiled step: graph breaks / recompiles over {len(co['text_lengths'])} batches, text lengths "
+            f"T/N/M (padded/real tokens/caption targets) {lengths} (targets 0 / <= 2) | "
+            f"{co['graph_breaks']} / {co['recompiles']} | |"]

@@ -166,7 +166,9 @@ def test_compiled_step_row(smoke):
         check_times(row["step_s"]), check_times(row["cpu_s"])
     assert math.isclose(co["ratios"]["compiled/eager"],
                         co["rows"]["compiled"]["step_s"]["median"] / co["rows"]["eager"]["step_s"]["median"], rel_tol=1e-9)
-    assert len({tuple(s) for s in co["token_shapes"]}) == len(co["token_shapes"]) == res["plan"]["compile_batches"]
+    lengths = co["text_lengths"]  # [T, N, M] of each batch: all different, T among them
+    assert len({tuple(x) for x in lengths}) == len(lengths) == res["plan"]["compile_batches"]
+    assert len({x[0] for x in lengths}) > 1 and all(x[0] * co["batch_size"] >= x[1] >= x[2] for x in lengths)
     assert co["graph_breaks"] == 0 and co["recompiles"] <= 2 and positive(co["first_compiled_step_s"])
     assert "compiled step: graph breaks / recompiles" in (out / "latest.md").read_text()
 
