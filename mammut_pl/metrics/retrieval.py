@@ -53,6 +53,28 @@ def retrieval_recall(
     Returns:
         ``{"i2t_R@K": ..., "t2i_R@K": ..., "mean_R": ...}`` with values in [0, 100].
     """
+    text_to_image = _checked_text_to_image(image_embeds, text_embeds, text_to_image, chunk_size)
+    n_img, n_txt = image_embeds.shape[0], text_embeds.shape[0]
+    # Float32 so that the positive's own score and the candidates' scores come from the
+    # same matmul (a positive can never be "strictly greater" than itself).
+    image_embeds = image_embeds.float()
+    text_embeds = text_embeds.to(image_embeds.device).float()
+    text_to_image = text_to_image.to(image_embeds.device)
+    i2t_hits = _i2t_hits(image_embeds, text_embeds, text_to_image, ks, chunk_size)
+    t2i_hits = _t2i_hits(image_embeds, text_embeds, text_to_image, ks, chunk_size)
+    result: dict[str, float] = {}
+    for k in ks:
+        result[f"i2t_R@{k}"] = 100.0 * i2t_hits[k] / n_img
+    for k in ks:
+        result[f"t2i_R@{k}"] = 100.0 * t2i_hits[k] / n_txt
+    result["mean_R"] = sum(result.values()) / len(result)
+    return result
+
+
+def _checked_text_to_image(image_embeds: Tensor, text_embeds: Tensor, text_to_image: Tensor,
+                           chunk_size: int) -> Tensor:
+    """``text_to_image`` as a flat long tensor, after checking shapes, indices and that every
+    image has a caption."""
     if image_embeds.ndim != 2 or text_embeds.ndim != 2:
         raise ValueError("image_embeds and text_embeds must be 2-D (N, D)")
     if image_embeds.shape[1] != text_embeds.shape[1]:
@@ -75,38 +97,35 @@ def retrieval_recall(
     if (captions_per_image == 0).any():
         missing = torch.nonzero(captions_per_image == 0).flatten()[:5].tolist()
         raise ValueError(f"images without any caption (first few indices: {missing})")
+    return text_to_image
 
-    # Float32 so that the positive's own score and the candidates' scores come from the
-    # same matmul (a positive can never be "strictly greater" than itself).
-    image_embeds = image_embeds.float()
-    text_embeds = text_embeds.to(image_embeds.device).float()
-    text_to_image = text_to_image.to(image_embeds.device)
 
-    i2t_hits = dict.fromkeys(ks, 0)
-    for start in range(0, n_img, chunk_size):
+def _i2t_hits(image_embeds: Tensor, text_embeds: Tensor, text_to_image: Tensor, ks: Sequence[int],
+              chunk_size: int) -> dict[int, int]:
+    """Image queries whose best-ranked caption is within the top K, per K."""
+    hits = dict.fromkeys(ks, 0)
+    for start in range(0, image_embeds.shape[0], chunk_size):
         sims = image_embeds[start : start + chunk_size] @ text_embeds.T  # (c, N_txt)
         image_idx = torch.arange(start, start + sims.shape[0], device=sims.device)
         is_positive = text_to_image[None, :] == image_idx[:, None]  # (c, N_txt) bool
         best_positive = sims.masked_fill(~is_positive, float("-inf")).amax(dim=1)
         ranks = (sims > best_positive[:, None]).sum(dim=1)
         for k, h in _hits_from_ranks(ranks, ks).items():
-            i2t_hits[k] += h
+            hits[k] += h
+    return hits
 
-    t2i_hits = dict.fromkeys(ks, 0)
-    for start in range(0, n_txt, chunk_size):
+
+def _t2i_hits(image_embeds: Tensor, text_embeds: Tensor, text_to_image: Tensor, ks: Sequence[int],
+              chunk_size: int) -> dict[int, int]:
+    """Text queries whose image is within the top K, per K."""
+    hits = dict.fromkeys(ks, 0)
+    for start in range(0, text_embeds.shape[0], chunk_size):
         sims = text_embeds[start : start + chunk_size] @ image_embeds.T  # (c, N_img)
         positive = sims.gather(1, text_to_image[start : start + sims.shape[0], None])
         ranks = (sims > positive).sum(dim=1)
         for k, h in _hits_from_ranks(ranks, ks).items():
-            t2i_hits[k] += h
-
-    result: dict[str, float] = {}
-    for k in ks:
-        result[f"i2t_R@{k}"] = 100.0 * i2t_hits[k] / n_img
-    for k in ks:
-        result[f"t2i_R@{k}"] = 100.0 * t2i_hits[k] / n_txt
-    result["mean_R"] = sum(result.values()) / len(result)
-    return result
+            hits[k] += h
+    return hits
 
 
 def _has_data(state: list[Tensor] | Tensor) -> bool:
