@@ -19,7 +19,7 @@ O(chunk_size x max(N_img, N_txt)) (5k x 25k COCO: 1024 x 25k floats = 100 MB).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torchmetrics
@@ -60,8 +60,9 @@ def retrieval_recall(
     image_embeds = image_embeds.float()
     text_embeds = text_embeds.to(image_embeds.device).float()
     text_to_image = text_to_image.to(image_embeds.device)
-    i2t_hits = _i2t_hits(image_embeds, text_embeds, text_to_image, ks, chunk_size)
-    t2i_hits = _t2i_hits(image_embeds, text_embeds, text_to_image, ks, chunk_size)
+    embeds = (image_embeds, text_embeds, text_to_image)
+    i2t_hits = _hits(n_img, chunk_size, ks, lambda start, stop: _i2t_ranks(*embeds, start, stop))
+    t2i_hits = _hits(n_txt, chunk_size, ks, lambda start, stop: _t2i_ranks(*embeds, start, stop))
     result: dict[str, float] = {}
     for k in ks:
         result[f"i2t_R@{k}"] = 100.0 * i2t_hits[k] / n_img
@@ -100,32 +101,29 @@ def _checked_text_to_image(image_embeds: Tensor, text_embeds: Tensor, text_to_im
     return text_to_image
 
 
-def _i2t_hits(image_embeds: Tensor, text_embeds: Tensor, text_to_image: Tensor, ks: Sequence[int],
-              chunk_size: int) -> dict[int, int]:
-    """Image queries whose best-ranked caption is within the top K, per K."""
+def _hits(n_queries: int, chunk_size: int, ks: Sequence[int], ranks: Callable[[int, int], Tensor]) -> dict[int, int]:
+    """Queries whose positive ranks below K, per K; `ranks(start, stop)` ranks a chunk of queries."""
     hits = dict.fromkeys(ks, 0)
-    for start in range(0, image_embeds.shape[0], chunk_size):
-        sims = image_embeds[start : start + chunk_size] @ text_embeds.T  # (c, N_txt)
-        image_idx = torch.arange(start, start + sims.shape[0], device=sims.device)
-        is_positive = text_to_image[None, :] == image_idx[:, None]  # (c, N_txt) bool
-        best_positive = sims.masked_fill(~is_positive, float("-inf")).amax(dim=1)
-        ranks = (sims > best_positive[:, None]).sum(dim=1)
-        for k, h in _hits_from_ranks(ranks, ks).items():
+    for start in range(0, n_queries, chunk_size):
+        for k, h in _hits_from_ranks(ranks(start, min(start + chunk_size, n_queries)), ks).items():
             hits[k] += h
     return hits
 
 
-def _t2i_hits(image_embeds: Tensor, text_embeds: Tensor, text_to_image: Tensor, ks: Sequence[int],
-              chunk_size: int) -> dict[int, int]:
-    """Text queries whose image is within the top K, per K."""
-    hits = dict.fromkeys(ks, 0)
-    for start in range(0, text_embeds.shape[0], chunk_size):
-        sims = text_embeds[start : start + chunk_size] @ image_embeds.T  # (c, N_img)
-        positive = sims.gather(1, text_to_image[start : start + sims.shape[0], None])
-        ranks = (sims > positive).sum(dim=1)
-        for k, h in _hits_from_ranks(ranks, ks).items():
-            hits[k] += h
-    return hits
+def _i2t_ranks(image_embeds: Tensor, text_embeds: Tensor, text_to_image: Tensor, start: int, stop: int) -> Tensor:
+    """(c,) rank of each image query's best-ranked caption among all texts."""
+    sims = image_embeds[start:stop] @ text_embeds.T  # (c, N_txt)
+    image_idx = torch.arange(start, stop, device=sims.device)
+    is_positive = text_to_image[None, :] == image_idx[:, None]  # (c, N_txt) bool
+    best_positive = sims.masked_fill(~is_positive, float("-inf")).amax(dim=1)
+    return (sims > best_positive[:, None]).sum(dim=1)
+
+
+def _t2i_ranks(image_embeds: Tensor, text_embeds: Tensor, text_to_image: Tensor, start: int, stop: int) -> Tensor:
+    """(c,) rank of each text query's image among all images."""
+    sims = text_embeds[start:stop] @ image_embeds.T  # (c, N_img)
+    positive = sims.gather(1, text_to_image[start:stop, None])
+    return (sims > positive).sum(dim=1)
 
 
 def _has_data(state: list[Tensor] | Tensor) -> bool:
