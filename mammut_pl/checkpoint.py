@@ -122,9 +122,10 @@ def load_image_text_model(path: str | Path, overrides: list[str], task: str = "p
     """(config, model with encode_image / encode_text + its tokenizer and preprocessing) from a suite
     checkpoint or an openMaMMUT folder (hub layout: open_clip_config.json; its architecture, tokenizer
     and preprocessing come from that file, so only data.* reading keys and trainer.* apply)."""
-    from mammut_pl.tasks.zeroshot import is_openmammut_folder, load_openmammut_folder, suite_model
+    from mammut_pl.model.openmammut import is_openmammut_dir
+    from mammut_pl.tasks.zeroshot import load_openmammut_folder, suite_model
 
-    if not is_openmammut_folder(path):
+    if not is_openmammut_dir(path):
         cfg, module, tokenizer = load_task(path, overrides, task=task)
         return cfg, suite_model(module.model, tokenizer, cfg)
     given = [o.split("=", 1)[0] for o in overrides]

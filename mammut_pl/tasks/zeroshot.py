@@ -7,7 +7,6 @@ with the CLIP tokenizer and image preprocessing its config names."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -28,7 +27,6 @@ from mammut_pl.tasks.registry import EvalSpec, register_eval
 from mammut_pl.zeroshot import build_classifier, class_names, read_templates, zero_shot_logits
 
 log = logging.getLogger(__name__)
-OPEN_CLIP_CONFIG = "open_clip_config.json"
 SUITE = "mammut_pl checkpoint"
 REPORTED = ("top1", "top5", "mean_per_class_recall")
 
@@ -43,31 +41,21 @@ class ImageTextModel:
     kind: str  # SUITE | "openMaMMUT folder"
 
 
-def is_openmammut_folder(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / OPEN_CLIP_CONFIG).is_file()
-
-
 def load_openmammut_folder(path: str | Path) -> ImageTextModel:
     """An openMaMMUT hub folder: weights through load_openmammut, the CLIP tokenizer at the config's
     context length (open_clip pads to it: the contrastive pass averages over every position), and
     open_clip's evaluation transform from the config's image size and preprocess_cfg."""
-    try:
-        from mammut_pl.model import load_openmammut
-    except ImportError as err:
-        raise ValueError(f"ckpt={path} is an openMaMMUT folder ({OPEN_CLIP_CONFIG}), but "
-                         f"mammut_pl.model.load_openmammut is not available: {err}") from None
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    path = Path(path)
-    try:
-        config = json.loads((path / OPEN_CLIP_CONFIG).read_text(encoding="utf-8"))
-        size = config["model_cfg"]["vision_cfg"]["image_size"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path / OPEN_CLIP_CONFIG}: expected model_cfg.vision_cfg.image_size ({err!r})") from None
+    from mammut_pl.model.openmammut import load_openmammut, read_folder_config
+
+    model_cfg, preprocess_cfg = read_folder_config(path)
+    size = model_cfg["vision_cfg"].get("image_size")
+    if not isinstance(size, (int, list, tuple)):
+        raise ValueError(f"{path}: expected model_cfg.vision_cfg.image_size in its open_clip_config.json, got {size!r}")
     known = set(PreprocessCfg.__dataclass_fields__)
-    preprocess = PreprocessCfg(**{"size": size, **{k: v for k, v in config.get("preprocess_cfg", {}).items()
-                                                   if k in known}})
+    preprocess = PreprocessCfg(**{"size": size, **{k: v for k, v in preprocess_cfg.items() if k in known}})
     return ImageTextModel(model=load_openmammut(path).eval(), tokenize=open_clip.get_tokenizer(f"local-dir:{path}"),
                          transform=image_transform_v2(preprocess, is_train=False), kind="openMaMMUT folder")
 
