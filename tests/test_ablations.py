@@ -1,5 +1,5 @@
-"""mammut_pl.sweeps.ablations / .plots: Pareto front vs a brute-force dominance check, param order, ablation
-tables, plots, and reading a synthetic sweep store in the MLflow layout sweeps write."""
+"""mammut_pl.sweeps.ablations / .plots: Pareto front vs a brute-force dominance check, param
+order, ablation tables, plots, and reading a synthetic sweep store in the MLflow layout sweeps write."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import torch
 
 from mammut_pl import config as config_lib
 from mammut_pl.sweeps.scaling import (Fit, ScalingSettings, Target, crossing_statement, crossings, fit_power_law,
-                               power_law, scaling_report, train_flops_per_step)
+                                      power_law, scaling_report, train_flops_per_step)
 
 TRUE = {"a": 0.6, "b": 0.45, "c": 0.25}
 

@@ -143,7 +143,8 @@ def _categories(data: dict[str, Any]) -> tuple[list[int], list[list[int]]]:
     return [c["id"] for c in cats], freq_groups
 
 
-def _prepare_detections(detections: list[dict[str, Any]], images: dict[int, Any], max_dets: int) -> list[dict[str, Any]]:
+def _prepare_detections(detections: list[dict[str, Any]], images: dict[int, Any],
+                        max_dets: int) -> list[dict[str, Any]]:
     """Detections as LVISResults prepares them: limited per image, area = w * h, ids from 1."""
     if not isinstance(detections, list):
         raise ValueError(f"detections: expected a list of results, got {type(detections).__name__}")

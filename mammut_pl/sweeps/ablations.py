@@ -1,6 +1,7 @@
-"""Ablation sweeps read back from MLflow: trials tables, ablation tables and plots, Pareto fronts.
+"""Ablation sweeps read back from MLflow: trials tables, ablation tables, Pareto fronts.
 
-What `notebooks/ablations.ipynb` reads and tabulates, as functions (its plots: `sweeps.plots`). The MLflow layout a sweep writes:
+What `notebooks/ablations.ipynb` reads and tabulates, as functions (its plots: `sweeps.plots`).
+The MLflow layout a sweep writes:
 
 - one parent run per Optuna study, tags `mammut_pl.kind=sweep`, `mammut_pl.sweep` (sweep name),
   `mammut_pl.study`, `mammut_pl.params` (JSON list of the swept params), `mammut_pl.objectives`

@@ -168,7 +168,8 @@ def parse_params(raw: dict[str, Any], path: Path) -> list[Param]:
         if isinstance(spec, list):
             p = Param(pname, values=spec)
         elif isinstance(spec, dict) and "choices" in spec:
-            _need(path, isinstance(spec["choices"], dict) and all(isinstance(v, dict) for v in spec["choices"].values()),
+            choices = spec["choices"]
+            _need(path, isinstance(choices, dict) and all(isinstance(v, dict) for v in choices.values()),
                   f"params.{pname}.choices", "expected {label: {config.key: value, ...}, ...}")
             p = Param(pname, choices=spec["choices"])
         elif isinstance(spec, dict) and {"low", "high"} <= set(spec):

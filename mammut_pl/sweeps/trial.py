@@ -183,7 +183,8 @@ class TrialRunner:
         for stage in (s for s in DOWNSTREAM if getattr(sweep, s)):
             cfg = config(stage, [f"model.init_from={ckpt}"])
             values.update({f"{stage}/{k}": v for k, v in run(cfg, report=False).items()})
-            client.set_tag(child, f"{stage}_checkpoint", str(last_checkpoint(trial_dir / (cfg.experiment or "default"))))
+            stage_ckpt = last_checkpoint(trial_dir / (cfg.experiment or "default"))
+            client.set_tag(child, f"{stage}_checkpoint", str(stage_ckpt))
 
     @staticmethod
     def end_child_run(client: Any, child: str, trial: optuna.Trial, values: dict[str, float], state: str,
