@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.run import (CAPTIONS, Contender, measure_training, pretrain_task, random_images, ratio)
+from bench.contenders import Contender, pretrain_task
+from bench.measure import CAPTIONS, random_images, ratio
+from bench.steps import measure_training
 
 
 def rotated_tokens(batch: int, start: int, context_length: int = 76) -> Tensor:
@@ -89,13 +91,13 @@ def section_compile(plan: Any, device: torch.device) -> dict[str, Any]:
 
 
 def markdown_rows(co: dict[str, Any]) -> list[str]:
-    from bench.run import _fmt_ratio, _fmt_s
+    from bench.report import _fmt_s, fmt_ratio
 
     e, c = co["rows"]["eager"], co["rows"]["compiled"]
     lengths = ", ".join("/".join(map(str, x)) for x in co["text_lengths"])
     return [f"| {co['device']} {co['precision']} batch {co['batch_size']}: compiled step ({co['backend']}) / eager "
             f"({_fmt_s(c['step_s'])} s / {_fmt_s(e['step_s'])} s; first compiled call {co['first_compiled_step_s']:.0f} s) | "
-            f"{_fmt_ratio(co['ratios']['compiled/eager'])} | {_fmt_ratio(co['ratios'].get('cpu compiled/eager'))} |",
+            f"{fmt_ratio(co['ratios']['compiled/eager'])} | {fmt_ratio(co['ratios'].get('cpu compiled/eager'))} |",
             f"| compiled step: graph breaks / recompiles over {len(co['text_lengths'])} batches, text lengths "
             f"T/N/M (padded/real tokens/caption targets) {lengths} (targets 0 / <= 2) | "
             f"{co['graph_breaks']} / {co['recompiles']} | |"]
