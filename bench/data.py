@@ -34,6 +34,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from bench.measure import CAPTIONS, interleaved
+from bench.report import fmt_ratio
+
 # img2dataset's two published settings
 SHARD_SETTINGS = {"laion_256": (256, "border"), "datacomp_512": (512, "keep_ratio_largest")}
 OUTPUT_SIZE = 224
@@ -92,8 +95,6 @@ def write_img2dataset_shards(folder: Path, n_images: int, size: int, mode: str, 
                              captions: list[str] | None = None) -> list[str]:
     """Shards 00000.tar ... in img2dataset's layout (key = shard id + index, 9 digits): .jpg (q95),
     .txt (the caption), .json (its metadata), and 00000_stats.json. Returns the shard paths."""
-    from bench.run import CAPTIONS
-
     captions = captions or CAPTIONS
     folder.mkdir(parents=True, exist_ok=True)
     per_shard = per_shard or n_images
@@ -177,8 +178,6 @@ def suite_pass(urls: list[str], batch: int, fast: str = "") -> Callable[[], int]
 
 
 def interleaved_rates(passes: dict[str, Callable[[], int]], warmup: int, rounds: int) -> dict[str, Any]:
-    from bench.run import interleaved, summary
-
     counts: dict[str, int] = {}
     steps = {name: (lambda name=name, f=f: counts.__setitem__(name, f())) for name, f in passes.items()}
     times = interleaved(steps, warmup, rounds)
@@ -195,7 +194,6 @@ def interleaved_rates(passes: dict[str, Callable[[], int]], warmup: int, rounds:
 # the other readers: COCO / VQAv2 images, MSRVTT clips
 # --------------------------------------------------------------------------------------
 def reader_rates(tmp: Path, n_images: int, n_clips: int, rounds: int) -> dict[str, Any]:
-    from bench.run import CAPTIONS
     from mammut_pl.data.coco import CaptionedImage, CaptionPairs, RetrievalImages
     from mammut_pl.data.video_decode import ClipReader, ClipTransform, eval_clip_reader
     from mammut_pl.data.transforms import image_transform
@@ -284,9 +282,7 @@ def section_data(plan: Any, device: torch.device) -> dict[str, Any]:
 
 
 def markdown_rows(da: dict[str, Any]) -> list[str]:
-    """The data section's lines of bench.markdown's table."""
-    from bench.run import _fmt_ratio
-
+    """The data section's lines of bench.report.markdown's table."""
     lines = []
     names = {"fast": "mammut_pl fast (FastCrop, uint8)", "fast_pil": "mammut_pl fast, PIL resize",
              "float": "mammut_pl float (torchvision chain)"}
@@ -298,8 +294,8 @@ def markdown_rows(da: dict[str, Any]) -> list[str]:
             r = sh["rows"][key]
             target = {"laion_256": 1.2, "datacomp_512": 2.0}.get(name) if key == "fast" else None
             lines.append(f"| {head}; {label} {r['images_per_s']:.0f} img/s: ratio | "
-                         f"{_fmt_ratio(sh['ratios'][key + '/open_clip'], target, at_least=True)} | "
-                         f"{_fmt_ratio(sh['ratios']['cpu ' + key + '/open_clip'])} |")
+                         f"{fmt_ratio(sh['ratios'][key + '/open_clip'], target, at_least=True)} | "
+                         f"{fmt_ratio(sh['ratios']['cpu ' + key + '/open_clip'])} |")
     rd = da.get("readers", {})
     if rd:
         clips = {k: v for k, v in rd.items() if k.startswith("msrvtt")}

@@ -36,9 +36,10 @@ def global_batch_mean(total: Tensor, count: Tensor | int) -> Tensor:
     global batch however the items (e.g. caption tokens) are spread over the ranks; a per-rank
     mean would weigh a rank's few tokens like another's many. One process: total / count."""
     _, world = _world()
+    if world == 1:  # count stays a number: in a compiled step, a dynamic size (not a constant)
+        return total / count
     n = torch.as_tensor(count, dtype=torch.float32, device=total.device).clone()
-    if world > 1:
-        dist.all_reduce(n)  # a count: no gradient
+    dist.all_reduce(n)  # a count: no gradient
     return total * world / n
 
 

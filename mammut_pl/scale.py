@@ -1,14 +1,14 @@
 """Big models on GPUs: activation checkpointing and FSDP with a real wrap policy.
 
-`model.grad_checkpointing=true` recomputes each ViT block (timm's own switch) and the
-attention and MLP parts of each decoder layer in the backward pass instead of storing
-their activations. The decoder side wraps those parts' `forward` from outside, so it
-works for whatever the parts are (their classes and signatures are the decoder's
-business); parameter names and checkpoints stay as they are.
+`model.grad_checkpointing=true` recomputes each ViT block (timm's own switch) and each whole
+decoder layer (`DecoderLayer`) in the backward pass instead of storing their activations. Every
+pass of the decoder (contrastive, caption, both packed together, decoding) calls each layer
+whole, so the layer is the unit. The decoder side wraps the layers' `forward` from outside;
+parameter names and checkpoints stay as they are.
 
-`trainer.strategy=fsdp` builds Lightning's `FSDPStrategy` sharding one unit per ViT
-block and per decoder attention / MLP (instead of one flat unit, what the bare string
-gives), and, with `model.grad_checkpointing=true`, lets FSDP checkpoint those same units.
+`trainer.strategy=fsdp` builds Lightning's `FSDPStrategy` sharding one unit per ViT block and
+per decoder layer (instead of one flat unit, what the bare string gives), and, with
+`model.grad_checkpointing=true`, lets FSDP checkpoint those same units.
 """
 
 from __future__ import annotations
@@ -33,14 +33,6 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return [m for child in model.text.children() if isinstance(child, nn.ModuleList) for m in child]
 
 
-def decoder_parts(model: nn.Module) -> list[nn.Module]:
-    """The composite parts of each decoder layer (attention, MLP: children with children of
-    their own). Training's packed passes call these parts, not the layer's forward, so they are
-    the units that checkpointing and FSDP must see called."""
-    return [part for layer in decoder_layers(model) for part in layer.children()
-            if next(part.children(), None) is not None]
-
-
 def checkpoint_forward(module: nn.Module) -> None:
     """Recompute `module` in backward: its forward runs under torch.utils.checkpoint when
     training with gradients on (generation and evaluation run it plainly)."""
@@ -59,23 +51,21 @@ def checkpoint_forward(module: nn.Module) -> None:
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
-    """model.grad_checkpointing=true outside FSDP: ViT blocks via timm; in each decoder layer,
-    each composite part (attention, MLP: a child with children of its own). The parts, not the
-    layer's forward: training's packed passes run a layer's parts without calling the layer."""
+    """model.grad_checkpointing=true outside FSDP: ViT blocks via timm, decoder layers whole."""
     model.visual.vit.set_grad_checkpointing(True)
-    for part in decoder_parts(model):  # norms and other leaves are cheap to keep
-        checkpoint_forward(part)
+    for layer in decoder_layers(model):
+        checkpoint_forward(layer)
 
 
 def block_classes(model: nn.Module) -> set[type[nn.Module]]:
-    """The classes FSDP wraps (and checkpoints): the ViT block class(es) and the decoder layers'
-    part classes. Not the decoder layer class: an FSDP unit gathers its parameters when its own
-    forward runs, and the packed passes never call a layer's forward."""
-    return {type(m) for m in tower_blocks(model) + decoder_parts(model)}
+    """The classes FSDP wraps (and checkpoints): the ViT block class(es) (timm's `Block`) and the
+    decoder layer class (`DecoderLayer`). A unit gathers its parameters when its forward runs:
+    every decoder pass calls each layer's forward."""
+    return {type(m) for m in tower_blocks(model) + decoder_layers(model)}
 
 
 def fsdp_strategy(model: nn.Module, grad_checkpointing: bool, **kwargs: Any):
-    """Lightning's FSDPStrategy with one FSDP unit per ViT block and decoder attention / MLP."""
+    """Lightning's FSDPStrategy with one FSDP unit per ViT block and per decoder layer."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     classes = block_classes(model)

@@ -23,6 +23,7 @@ from mammut_pl.data.epochs import (EpochSampler, ResumableTrainData, SampleRef, 
                                    item_index, seeded_item)
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import ImageError, image_transform, load_image
+from mammut_pl.model.decoder import TextIndex
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +156,17 @@ class RetrievalImages(Dataset):
 
 
 class PairCollator:
-    """(image, caption) items -> images (B, 3, H, W), tokens (B, T) padded to the longest caption."""
+    """(image, caption) items -> images (B, 3, H, W), tokens (B, T) padded to the longest caption,
+    and the tokens' TextIndex ("text_index"): the packed training step's data-dependent indices,
+    computed here on the CPU, in the DataLoader worker, rather than in the (compiled) step."""
 
     def __init__(self, tokenizer: Tokenizer, context_length: int) -> None:
         self.tokenizer, self.context_length = tokenizer, context_length
 
     def pairs(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"images": torch.stack([it["image"] for it in items]),
-                "tokens": self.tokenizer([it["caption"] for it in items], self.context_length, pad_to_longest=True)}
+        tokens = self.tokenizer([it["caption"] for it in items], self.context_length, pad_to_longest=True)
+        return {"images": torch.stack([it["image"] for it in items]), "tokens": tokens,
+                "text_index": TextIndex.of(tokens, self.tokenizer.pad_id)}
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return {

@@ -112,6 +112,18 @@ def read_lvis(root: str | Path, filename: str) -> LVISSplit:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected an object with images, annotations and categories")
     split = "val" if "val" in Path(filename).name else "train"
+    categories = _read_categories(data, path)
+    images, versions = _read_images(data, path, root, split)
+    skipped = {"degenerate_boxes": _read_annotations(data, path, images, {c["id"] for c in categories})}
+    if skipped["degenerate_boxes"]:
+        log.warning("%s: skipped %d annotations with degenerate boxes (w or h <= 0, or not finite)",
+                    path, skipped["degenerate_boxes"])
+    version = "v1" if versions == {"v1"} else "v0.5"
+    return LVISSplit(path, version, list(images.values()), categories, data, skipped)
+
+
+def _read_categories(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """The file's categories, checked (id, name, synonyms, frequency; ids unique), sorted by id."""
     categories = []
     cat_ids: set[int] = set()
     for i, c in enumerate(field(data, "categories", list, str(path))):
@@ -129,7 +141,11 @@ def read_lvis(root: str | Path, filename: str) -> LVISSplit:
         categories.append(c)
     if not categories:
         raise ValueError(f"{path}: field 'categories' is empty")
-    categories.sort(key=lambda c: c["id"])
+    return sorted(categories, key=lambda c: c["id"])
+
+
+def _read_images(data: dict[str, Any], path: Path, root: Path, split: str) -> tuple[dict[int, LVISImage], set[str]]:
+    """The file's images by id (no boxes yet), and the layout versions their file names point to."""
     images: dict[int, LVISImage] = {}
     versions = set()
     for i, rec in enumerate(field(data, "images", list, str(path))):
@@ -146,8 +162,13 @@ def read_lvis(root: str | Path, filename: str) -> LVISSplit:
                                 _ids(rec, "not_exhaustive_category_ids", where), np.zeros((0, 4), np.float32), [])
     if not images:
         raise ValueError(f"{path}: field 'images' is empty")
+    return images, versions
+
+
+def _read_annotations(data: dict[str, Any], path: Path, images: dict[int, LVISImage], cat_ids: set[int]) -> int:
+    """Each annotation's box and category onto its image; returns the degenerate boxes skipped."""
     boxes: dict[int, list[list[float]]] = {i: [] for i in images}
-    skipped = {"degenerate_boxes": 0}
+    degenerate = 0
     for i, ann in enumerate(field(data, "annotations", list, str(path))):
         where = f"{path}: annotations[{i}]"
         iid, cid = field(ann, "image_id", int, where), field(ann, "category_id", int, where)
@@ -159,18 +180,14 @@ def read_lvis(root: str | Path, filename: str) -> LVISSplit:
         if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
             raise ValueError(f"{where}: field 'bbox' should be [x, y, w, h] numbers, got {box!r:.60}")
         if not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
-            skipped["degenerate_boxes"] += 1
+            degenerate += 1
             continue
         boxes[iid].append([float(v) for v in box])
         images[iid].category_ids.append(cid)
     for iid, b in boxes.items():
         if b:
             images[iid].boxes = np.asarray(b, dtype=np.float32)
-    if skipped["degenerate_boxes"]:
-        log.warning("%s: skipped %d annotations with degenerate boxes (w or h <= 0, or not finite)",
-                    path, skipped["degenerate_boxes"])
-    version = "v1" if versions == {"v1"} else "v0.5"
-    return LVISSplit(path, version, list(images.values()), categories, data, skipped)
+    return degenerate
 
 
 # --- geometry ------------------------------------------------------------------------------------------

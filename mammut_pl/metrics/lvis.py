@@ -103,17 +103,49 @@ def lvis_eval(gt: str | Path | dict[str, Any], detections: list[dict[str, Any]],
     """Box AP of `detections` on the LVIS annotations `gt` (official LVIS protocol)."""
     data = load_gt(gt)
     images = {img["id"]: img for img in data["images"]}
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    cat_ids = [c["id"] for c in cats]
+    cat_ids, freq_groups = _categories(data)
     cat_index = {c: k for k, c in enumerate(cat_ids)}
+    dts = _prepare_detections(detections, images, max_dets)
+    gts, dts_by = _federated_pairs(data, images, cat_index, dts)
+    not_exhaustive = {i: set(img.get("not_exhaustive_category_ids", [])) for i, img in images.items()}
+    evals = _evaluate_pairs(gts, dts_by, cat_index, not_exhaustive)
+    precision, recall = _accumulate(evals, len(cat_ids))
+
+    def summarize(kind: str, iou_thr: float | None = None, area: str = "all", group: int | None = None) -> float:
+        aidx = [i for i, lbl in enumerate(AREA_LBL) if lbl == area]
+        s = precision if kind == "ap" else recall
+        if iou_thr is not None:
+            s = s[np.where(iou_thr == IOU_THRS)[0]]
+        if kind == "ap":
+            s = s[:, :, freq_groups[group], aidx] if group is not None else s[:, :, :, aidx]
+        else:
+            s = s[:, :, aidx]
+        return float(np.mean(s[s > -1])) if len(s[s > -1]) else -1.0
+
+    out = {"AP": summarize("ap"), "AP50": summarize("ap", iou_thr=0.50), "AP75": summarize("ap", iou_thr=0.75),
+           "APs": summarize("ap", area="small"), "APm": summarize("ap", area="medium"),
+           "APl": summarize("ap", area="large"), "APr": summarize("ap", group=0), "APc": summarize("ap", group=1),
+           "APf": summarize("ap", group=2), f"AR@{max_dets}": summarize("ar")}
+    for area in ("small", "medium", "large"):
+        out[f"AR{area[0]}@{max_dets}"] = summarize("ar", area=area)
+    return out
+
+
+def _categories(data: dict[str, Any]) -> tuple[list[int], list[list[int]]]:
+    """The category ids in id order, and the indices (into them) of each frequency group r, c, f."""
+    cats = sorted(data["categories"], key=lambda c: c["id"])
     freq_groups: list[list[int]] = [[] for _ in FREQUENCIES]
     for k, c in enumerate(cats):
         if c.get("frequency") not in FREQUENCIES:
             raise ValueError(f"LVIS category {c['id']} ({c.get('name')!r}): field 'frequency' should be one of "
                              f"{FREQUENCIES}, got {c.get('frequency')!r}")
         freq_groups[FREQUENCIES.index(c["frequency"])].append(k)
+    return [c["id"] for c in cats], freq_groups
 
-    # detections as LVISResults prepares them: limited per image, area = w * h, ids from 1
+
+def _prepare_detections(detections: list[dict[str, Any]], images: dict[int, Any],
+                        max_dets: int) -> list[dict[str, Any]]:
+    """Detections as LVISResults prepares them: limited per image, area = w * h, ids from 1."""
     if not isinstance(detections, list):
         raise ValueError(f"detections: expected a list of results, got {type(detections).__name__}")
     dts = []
@@ -123,24 +155,36 @@ def lvis_eval(gt: str | Path | dict[str, Any], detections: list[dict[str, Any]],
         x, y, w, h = d["bbox"]
         dts.append({"image_id": d["image_id"], "category_id": d["category_id"], "bbox": [x, y, w, h],
                     "score": d["score"], "area": w * h, "id": i + 1})
+    return dts
 
-    # ground truth and federated filtering (LVISEval._prepare)
-    gts: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+
+Pairs = dict[tuple[int, int], list[dict[str, Any]]]  # (image id, category id) -> boxes or detections
+
+
+def _federated_pairs(data: dict[str, Any], images: dict[int, Any], cat_index: dict[int, int],
+                     dts: list[dict[str, Any]]) -> tuple[Pairs, Pairs]:
+    """Ground truth and detections per (image, category), the federated filter applied
+    (LVISEval._prepare): a detection counts only where its category is a positive or a negative."""
+    gts: Pairs = defaultdict(list)
     positives: dict[int, set[int]] = defaultdict(set)
     for a in data["annotations"]:
         if a["image_id"] in images and a["category_id"] in cat_index:
             gts[a["image_id"], a["category_id"]].append(a)
             positives[a["image_id"]].add(a["category_id"])
     negatives = {i: set(img.get("neg_category_ids", [])) for i, img in images.items()}
-    not_exhaustive = {i: set(img.get("not_exhaustive_category_ids", [])) for i, img in images.items()}
-    dts_by: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+    dts_by: Pairs = defaultdict(list)
     for d in dts:
         img, cat = d["image_id"], d["category_id"]
         if cat not in cat_index or (cat not in negatives[img] and cat not in positives[img]):
             continue
         dts_by[img, cat].append(d)
+    return gts, dts_by
 
-    # per (category, area): the evaluations of the images in sorted id order (LVISEval.accumulate)
+
+def _evaluate_pairs(gts: Pairs, dts_by: Pairs, cat_index: dict[int, int],
+                    not_exhaustive: dict[int, set[int]]) -> dict[tuple[int, int], list[dict[str, Any]]]:
+    """Per (category index, area index): the matching of each image, in sorted image id order
+    (LVISEval.evaluate_img, as LVISEval.accumulate reads them)."""
     evals: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
     for img, cat in sorted(set(gts) | set(dts_by), key=lambda ic: (ic[1], ic[0])):
         g_all, d_all = gts.get((img, cat), []), dts_by.get((img, cat), [])
@@ -159,8 +203,13 @@ def lvis_eval(gt: str | Path | dict[str, Any], detections: list[dict[str, Any]],
             dt_ig = np.logical_or(dt_ig, np.logical_and(dt_m == 0, np.repeat(ig_mask, len(IOU_THRS), 0)))
             evals[cat_index[cat], a].append({"dt_scores": [d["score"] for d in d_all], "dt_m": dt_m,
                                              "dt_ig": dt_ig, "gt_ig": gt_ig})
+    return evals
 
-    T, R, K, A = len(IOU_THRS), len(REC_THRS), len(cat_ids), len(AREA_RNG)
+
+def _accumulate(evals: dict[tuple[int, int], list[dict[str, Any]]], K: int) -> tuple[np.ndarray, np.ndarray]:
+    """LVISEval.accumulate: precision (T, R, K, A), 101-point interpolated, and recall (T, K, A);
+    -1 where a category has no (unignored) box in that area range."""
+    T, R, A = len(IOU_THRS), len(REC_THRS), len(AREA_RNG)
     precision = -np.ones((T, R, K, A))
     recall = -np.ones((T, K, A))
     for (k, a), E in evals.items():
@@ -190,22 +239,4 @@ def lvis_eval(gt: str | Path | dict[str, Any], detections: list[dict[str, Any]],
                     break
                 at[r] = pr[i]
             precision[t, :, k, a] = np.array(at)
-
-    def summarize(kind: str, iou_thr: float | None = None, area: str = "all", group: int | None = None) -> float:
-        aidx = [i for i, lbl in enumerate(AREA_LBL) if lbl == area]
-        s = precision if kind == "ap" else recall
-        if iou_thr is not None:
-            s = s[np.where(iou_thr == IOU_THRS)[0]]
-        if kind == "ap":
-            s = s[:, :, freq_groups[group], aidx] if group is not None else s[:, :, :, aidx]
-        else:
-            s = s[:, :, aidx]
-        return float(np.mean(s[s > -1])) if len(s[s > -1]) else -1.0
-
-    out = {"AP": summarize("ap"), "AP50": summarize("ap", iou_thr=0.50), "AP75": summarize("ap", iou_thr=0.75),
-           "APs": summarize("ap", area="small"), "APm": summarize("ap", area="medium"),
-           "APl": summarize("ap", area="large"), "APr": summarize("ap", group=0), "APc": summarize("ap", group=1),
-           "APf": summarize("ap", group=2), f"AR@{max_dets}": summarize("ar")}
-    for area in ("small", "medium", "large"):
-        out[f"AR{area[0]}@{max_dets}"] = summarize("ar", area=area)
-    return out
+    return precision, recall

@@ -19,7 +19,7 @@ O(chunk_size x max(N_img, N_txt)) (5k x 25k COCO: 1024 x 25k floats = 100 MB).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torchmetrics
@@ -53,6 +53,29 @@ def retrieval_recall(
     Returns:
         ``{"i2t_R@K": ..., "t2i_R@K": ..., "mean_R": ...}`` with values in [0, 100].
     """
+    text_to_image = _checked_text_to_image(image_embeds, text_embeds, text_to_image, chunk_size)
+    n_img, n_txt = image_embeds.shape[0], text_embeds.shape[0]
+    # Float32 so that the positive's own score and the candidates' scores come from the
+    # same matmul (a positive can never be "strictly greater" than itself).
+    image_embeds = image_embeds.float()
+    text_embeds = text_embeds.to(image_embeds.device).float()
+    text_to_image = text_to_image.to(image_embeds.device)
+    embeds = (image_embeds, text_embeds, text_to_image)
+    i2t_hits = _hits(n_img, chunk_size, ks, lambda start, stop: _i2t_ranks(*embeds, start, stop))
+    t2i_hits = _hits(n_txt, chunk_size, ks, lambda start, stop: _t2i_ranks(*embeds, start, stop))
+    result: dict[str, float] = {}
+    for k in ks:
+        result[f"i2t_R@{k}"] = 100.0 * i2t_hits[k] / n_img
+    for k in ks:
+        result[f"t2i_R@{k}"] = 100.0 * t2i_hits[k] / n_txt
+    result["mean_R"] = sum(result.values()) / len(result)
+    return result
+
+
+def _checked_text_to_image(image_embeds: Tensor, text_embeds: Tensor, text_to_image: Tensor,
+                           chunk_size: int) -> Tensor:
+    """``text_to_image`` as a flat long tensor, after checking shapes, indices and that every
+    image has a caption."""
     if image_embeds.ndim != 2 or text_embeds.ndim != 2:
         raise ValueError("image_embeds and text_embeds must be 2-D (N, D)")
     if image_embeds.shape[1] != text_embeds.shape[1]:
@@ -75,38 +98,32 @@ def retrieval_recall(
     if (captions_per_image == 0).any():
         missing = torch.nonzero(captions_per_image == 0).flatten()[:5].tolist()
         raise ValueError(f"images without any caption (first few indices: {missing})")
+    return text_to_image
 
-    # Float32 so that the positive's own score and the candidates' scores come from the
-    # same matmul (a positive can never be "strictly greater" than itself).
-    image_embeds = image_embeds.float()
-    text_embeds = text_embeds.to(image_embeds.device).float()
-    text_to_image = text_to_image.to(image_embeds.device)
 
-    i2t_hits = dict.fromkeys(ks, 0)
-    for start in range(0, n_img, chunk_size):
-        sims = image_embeds[start : start + chunk_size] @ text_embeds.T  # (c, N_txt)
-        image_idx = torch.arange(start, start + sims.shape[0], device=sims.device)
-        is_positive = text_to_image[None, :] == image_idx[:, None]  # (c, N_txt) bool
-        best_positive = sims.masked_fill(~is_positive, float("-inf")).amax(dim=1)
-        ranks = (sims > best_positive[:, None]).sum(dim=1)
-        for k, h in _hits_from_ranks(ranks, ks).items():
-            i2t_hits[k] += h
+def _hits(n_queries: int, chunk_size: int, ks: Sequence[int], ranks: Callable[[int, int], Tensor]) -> dict[int, int]:
+    """Queries whose positive ranks below K, per K; `ranks(start, stop)` ranks a chunk of queries."""
+    hits = dict.fromkeys(ks, 0)
+    for start in range(0, n_queries, chunk_size):
+        for k, h in _hits_from_ranks(ranks(start, min(start + chunk_size, n_queries)), ks).items():
+            hits[k] += h
+    return hits
 
-    t2i_hits = dict.fromkeys(ks, 0)
-    for start in range(0, n_txt, chunk_size):
-        sims = text_embeds[start : start + chunk_size] @ image_embeds.T  # (c, N_img)
-        positive = sims.gather(1, text_to_image[start : start + sims.shape[0], None])
-        ranks = (sims > positive).sum(dim=1)
-        for k, h in _hits_from_ranks(ranks, ks).items():
-            t2i_hits[k] += h
 
-    result: dict[str, float] = {}
-    for k in ks:
-        result[f"i2t_R@{k}"] = 100.0 * i2t_hits[k] / n_img
-    for k in ks:
-        result[f"t2i_R@{k}"] = 100.0 * t2i_hits[k] / n_txt
-    result["mean_R"] = sum(result.values()) / len(result)
-    return result
+def _i2t_ranks(image_embeds: Tensor, text_embeds: Tensor, text_to_image: Tensor, start: int, stop: int) -> Tensor:
+    """(c,) rank of each image query's best-ranked caption among all texts."""
+    sims = image_embeds[start:stop] @ text_embeds.T  # (c, N_txt)
+    image_idx = torch.arange(start, stop, device=sims.device)
+    is_positive = text_to_image[None, :] == image_idx[:, None]  # (c, N_txt) bool
+    best_positive = sims.masked_fill(~is_positive, float("-inf")).amax(dim=1)
+    return (sims > best_positive[:, None]).sum(dim=1)
+
+
+def _t2i_ranks(image_embeds: Tensor, text_embeds: Tensor, text_to_image: Tensor, start: int, stop: int) -> Tensor:
+    """(c,) rank of each text query's image among all images."""
+    sims = text_embeds[start:stop] @ image_embeds.T  # (c, N_img)
+    positive = sims.gather(1, text_to_image[start:stop, None])
+    return (sims > positive).sum(dim=1)
 
 
 def _has_data(state: list[Tensor] | Tensor) -> bool:

@@ -16,6 +16,7 @@ an (N, W) matrix, and only attention sees the padded (B, T) layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,36 +35,63 @@ def _merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, T, h * hd)  # (B, T, W)
 
 
+def real_positions(tokens: Tensor, pad_id: int) -> Tensor:
+    """(B, T) bool: the positions up to each row's last non-padding token.
+
+    CLIP's pad id 0 is also the token "!", so an inner 0 stays in the sequence: the
+    attention mask and the loss treat it as before. No data-dependent shape: the
+    compiled step computes this itself."""
+    nonpad = tokens != pad_id
+    return nonpad.flip(1).cummax(1).values.flip(1)
+
+
+class TextIndex(NamedTuple):
+    """Where the real tokens and the caption targets of a right-padded (B, T) batch are.
+
+    Their sizes depend on the data (nonzero()), so they are computed on the host, by the
+    collator in a DataLoader worker: the training step then has no data-dependent shape
+    (a compiled step has no graph break, a GPU step no host-device sync), and takes them
+    as inputs whose lengths N and M are dynamic, like varlen attention's `cu_seqlens`.
+    """
+
+    real: Tensor  # (N,) flat positions b * T + t of the real tokens (real_positions)
+    caption: Tensor  # (M,) flat positions whose next token is a real token: the teacher-forced inputs
+    pad_id: int  # the padding id they were computed for (checked against the model's)
+
+    @classmethod
+    def of(cls, tokens: Tensor, pad_id: int) -> TextIndex:
+        keep = torch.zeros_like(tokens, dtype=torch.bool)
+        keep[:, :-1] = tokens[:, 1:] != pad_id  # padding targets are skipped, as in CaptionLoss
+        return cls(real_positions(tokens, pad_id).flatten().nonzero().squeeze(1),
+                   keep.flatten().nonzero().squeeze(1), pad_id)
+
+
 class Packing:
     """The real tokens of a right-padded (B, T) batch, packed into (N, ...) rows.
 
-    A position is real up to its row's last non-padding token (CLIP's pad id 0 is
-    also the token "!", so an inner 0 stays in the sequence: the attention mask
-    and the loss treat it as before). Per-token layers run on the packed rows;
-    attention unpacks them to (B, T, ...), with zeros at padding that the masks
-    and the causal order keep away from the real tokens.
-
-    Building one calls nonzero(): a host-device sync, once per step, on GPU.
+    Per-token layers run on the packed rows; attention unpacks them to (B, T, ...),
+    with zeros at padding that the masks and the causal order keep away from the
+    real tokens. `mask` (B, T) marks the kept positions, `index` (N,) their flat
+    positions b * T + t (a TextIndex's, computed on the host, or nonzero() here).
     """
 
     def __init__(self, tokens: Tensor, pad_id: int) -> None:
-        nonpad = tokens != pad_id
-        # real = at or before the last non-padding token of the row
-        self._build(nonpad.flip(1).cummax(1).values.flip(1))
+        real = real_positions(tokens, pad_id)
+        self._build(real, real.flatten().nonzero().squeeze(1))
 
     @classmethod
-    def of(cls, real: Tensor) -> Packing:
-        """From a (B, T) bool mask of the positions to keep."""
+    def of(cls, real: Tensor, index: Tensor | None = None) -> Packing:
+        """From a (B, T) bool mask of the positions to keep, and their flat positions if known
+        (else nonzero(): a host-device sync on GPU, a graph break in a compiled step)."""
         packing = cls.__new__(cls)
-        packing._build(real)
+        packing._build(real, real.flatten().nonzero().squeeze(1) if index is None else index)
         return packing
 
-    def _build(self, real: Tensor) -> None:
+    def _build(self, real: Tensor, index: Tensor) -> None:
         self.batch, self.length = real.shape
         self.mask = real  # (B, T) bool
-        real = real.flatten()  # (B*T,)
-        self.index = real.nonzero().squeeze(1)  # (N,) flat positions b * T + t
-        self.row = real.cumsum(0) - 1  # flat position -> packed row (valid where real)
+        self.index = index  # (N,) flat positions b * T + t
+        self.row = real.flatten().cumsum(0) - 1  # flat position -> packed row (valid where real)
 
     def pack(self, x: Tensor) -> Tensor:
         """(B, T, ...) -> (N, ...)."""
@@ -74,14 +102,20 @@ class Packing:
         out = x.new_zeros(self.batch * self.length, *x.shape[1:]).index_copy(0, self.index, x)
         return out.view(self.batch, self.length, *x.shape[1:])
 
+    @staticmethod
+    def stack(pieces: list[Packing]) -> Packing:
+        """The pieces' rows one after the other, as one packing of the (len(pieces) * B, T) batch."""
+        if len(pieces) == 1:
+            return pieces[0]
+        size = pieces[0].batch * pieces[0].length  # piece k's flat positions start at k * B * T
+        return Packing.of(torch.cat([p.mask for p in pieces]),
+                          torch.cat([p.index + k * size for k, p in enumerate(pieces)]))
+
 
 def caption_targets(tokens: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
     """Teacher forcing: flat positions b * T + t whose next token is a real token
     (padding targets are skipped, as in CaptionLoss), and those next tokens."""
-    B, T = tokens.shape
-    keep = torch.zeros_like(tokens, dtype=torch.bool)
-    keep[:, :-1] = tokens[:, 1:] != pad_id
-    positions = keep.flatten().nonzero().squeeze(1)  # (M,)
+    positions = TextIndex.of(tokens, pad_id).caption  # (M,)
     return positions, tokens.flatten()[positions + 1]
 
 
@@ -314,6 +348,7 @@ class TextDecoder(nn.Module):
     # --- both passes at once, padding skipped (training) -----------------------------
     def packed_passes(
         self, tokens: Tensor, memory: list[tuple[Tensor, Tensor] | None] | None, contrastive: bool = True,
+        index: TextIndex | None = None,
     ) -> tuple[Tensor | None, Tensor | None, Packing]:
         """The same two passes, computed together on the tokens each one needs.
 
@@ -325,15 +360,23 @@ class TextDecoder(nn.Module):
         self-attention unpacks them to (2B, T) with each pass's mask; only the
         caption rows cross-attend. One embedding lookup feeds both.
 
+        index: the batch's TextIndex (from the collator); None computes it here.
         Returns the text embedding (B, D) or None, the caption hidden states of the
         real tokens (N, W) or None, and the Packing of the real tokens.
         """
         B, T = tokens.shape
-        one = Packing(tokens, self.config.pad_id)  # the real tokens
+        pad_id = self.config.pad_id
+        if index is None:
+            index = TextIndex.of(tokens, pad_id)
+        elif index.pad_id != pad_id:
+            raise ValueError(f"the batch's text_index was computed for pad id {index.pad_id}, "
+                             f"but model.pad_id={pad_id}")
+        one = Packing.of(real_positions(tokens, pad_id), index.real)  # the real tokens
         real = self.pooled_positions(tokens)
-        con = Packing.of(real) if self.config.text_pool == "mean_all" else one
+        # mean_all: every position, in order (no index to look up)
+        con = Packing.of(real, torch.arange(B * T, device=tokens.device)) if self.config.text_pool == "mean_all" else one
         pieces = ([con] if contrastive else []) + ([one] if memory is not None else [])
-        rows = Packing.of(torch.cat([p.mask for p in pieces])) if len(pieces) > 1 else pieces[0]
+        rows = Packing.stack(pieces)
         masks = []
         if contrastive:  # bidirectional over the pooled keys
             masks.append(real[:, None, None, :].expand(B, 1, T, T))

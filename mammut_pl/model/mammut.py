@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mammut_pl.model.config import MaMMUTConfig
-from mammut_pl.model.decoder import LayerCache, TextDecoder, caption_targets
+from mammut_pl.model.decoder import LayerCache, TextDecoder, TextIndex
 from mammut_pl.model.encoder import ImageEncoder
 
 
@@ -62,7 +62,7 @@ class MaMMUT(nn.Module):
 
     def forward(
         self, images: Tensor, tokens: Tensor, contrastive: bool = True, generative: bool = True,
-        packed: bool = False,
+        packed: bool = False, text_index: TextIndex | None = None,
     ) -> dict[str, Tensor | None]:
         """One training step's forward: the image once, the decoder twice (same weights).
 
@@ -76,6 +76,10 @@ class MaMMUT(nn.Module):
         tokens, so F.cross_entropy(caption_logits, caption_targets) equals
         CaptionLoss on the full (B, T, V) logits. Otherwise `caption_logits` is
         (B, T, V) and `caption_targets` None.
+
+        text_index: the batch's TextIndex (the collators put it in the batch as "text_index"),
+        so that the packed step has no data-dependent shape; None computes it here (nonzero():
+        a graph break in a compiled step, a host-device sync on GPU).
         """
         image_tokens = self.image_tokens(images)  # (B, S, C)
         scale, bias = self.scales()
@@ -87,11 +91,14 @@ class MaMMUT(nn.Module):
             out["image_embed"] = self.image_embedding(image_tokens)  # (B, D)
         if packed and (contrastive or generative):
             memory = self.cross_attn_memory(image_tokens) if generative else None
-            text_embed, hidden, packing = self.text.packed_passes(tokens, memory, contrastive)
+            if text_index is None:
+                text_index = TextIndex.of(tokens, self.config.pad_id)
+            text_embed, hidden, packing = self.text.packed_passes(tokens, memory, contrastive, text_index)
             if contrastive:
                 out["text_embed"] = F.normalize(text_embed, dim=-1)
             if generative:
-                positions, out["caption_targets"] = caption_targets(tokens, self.config.pad_id)
+                positions = text_index.caption  # (M,) inputs whose next token is real
+                out["caption_targets"] = tokens.flatten()[positions + 1]
                 out["caption_logits"] = self.text.logits(hidden.index_select(0, packing.row[positions]))  # (M, V)
             return out
         if contrastive:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
@@ -18,11 +19,13 @@ from mammut_pl.data.context import EvalContext, eval_context
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import normalize_batch
 from mammut_pl.model import MaMMUT
+from mammut_pl.model.decoder import TextIndex
 from mammut_pl.model.towers import load_encoder_weights
 from mammut_pl.scale import FSDP_NAMES, enable_grad_checkpointing
 from mammut_pl.resume import CheckpointError, read_checkpoint
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,6 +49,11 @@ def load_weights(path: str) -> dict[str, Tensor]:
 
 
 class MaMMUTTask(L.LightningModule):
+    # True: the training step's forward and losses run through `packed_step`, which model.compile=true
+    # compiles whole; False: model.compile=true compiles the model's forward in place
+    compiles_step = False
+    compile_backend = "inductor"  # torch.compile's backend for the step ("aot_eager" in tests: no C++ build)
+
     def __init__(self, cfg: dict[str, Any], tokenizer: Tokenizer | None = None) -> None:
         super().__init__()
         # the resolved config (plain dict) goes into every checkpoint
@@ -56,7 +64,7 @@ class MaMMUTTask(L.LightningModule):
         if self.cfg.model.init_from:
             self.init_from(self.cfg.model.init_from)
         self.setup_towers()
-        if self.cfg.model.compile:
+        if self.cfg.model.compile and not self.compiles_step:
             self.model.compile()  # in place: state_dict keys (and checkpoints) stay the same
 
     @property
@@ -102,6 +110,28 @@ class MaMMUTTask(L.LightningModule):
         """uint8 images (the web shards' FastCrop path) become CLIP-normalised floats here, on the
         device, a whole batch at a time; float batches (every other reader) pass unchanged."""
         return normalize_batch(batch)
+
+    # --- the training step's forward and losses, compiled whole under model.compile=true ---------
+    def packed_step(self, fn: Callable[..., T], images: Tensor, tokens: Tensor, text_index: TextIndex | None) -> T:
+        """fn(images, tokens, text_index): a training step's forward and losses, nothing else (no
+        logging, no Python-side branching on values).
+
+        text_index: the batch's (the collators compute it on the CPU); None computes it here,
+        eagerly, outside the compiled region. With model.compile=true, fn is torch.compile'd
+        once, whole (the backward too, by AOTAutograd): the text length T and the packed lengths
+        N and M change with every batch, so they are marked dynamic from the first call, and the
+        step compiles once rather than once per caption length."""
+        if text_index is None:
+            text_index = TextIndex.of(tokens, self.cfg.model.pad_id)
+        if not self.cfg.model.compile:
+            return fn(images, tokens, text_index)
+        compiled = self.__dict__.setdefault("_compiled_steps", {})  # plain attribute: not a submodule
+        if fn.__name__ not in compiled:
+            compiled[fn.__name__] = torch.compile(fn, backend=self.compile_backend)
+        torch._dynamo.maybe_mark_dynamic(tokens, 1)
+        torch._dynamo.maybe_mark_dynamic(text_index.real, 0)
+        torch._dynamo.maybe_mark_dynamic(text_index.caption, 0)
+        return compiled[fn.__name__](images, tokens, text_index)
 
     # --- non-finite guard ----------------------------------------------------------
     def check_finite(self, loss: Tensor) -> Tensor | None:

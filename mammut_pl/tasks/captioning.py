@@ -22,6 +22,7 @@ from torch import Tensor
 from mammut_pl.config import Config
 from mammut_pl.losses import CaptionLoss, packed_caption_loss
 from mammut_pl.metrics.captioning import CaptionMetrics
+from mammut_pl.model.decoder import TextIndex
 from mammut_pl.tasks.base import MaMMUTTask, write_results_json
 from mammut_pl.tasks.registry import EvalSpec, TaskSpec, register_eval, register_task
 from mammut_pl.tasks.reporting import caption_lines, caption_scores_line, decoding, decoding_line
@@ -35,6 +36,8 @@ CAPTION_KEYS = tuple(METRIC_NAMES.values())  # ("BLEU1", ..., "CIDEr", "distinct
 
 
 class CaptioningTask(MaMMUTTask):
+    compiles_step = True  # model.compile=true compiles step_caption_loss whole
+
     def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
         super().__init__(cfg, tokenizer)
         self.eval_loss = CaptionLoss(self.cfg.model.pad_id)  # plain NLL (no smoothing) on (B, T, V) logits
@@ -44,13 +47,18 @@ class CaptioningTask(MaMMUTTask):
         self.results: list[dict[str, Any]] = []
         self.results_path: Path | None = None  # where test writes the results JSON (set after a test)
 
-    def caption_loss(self, images: Tensor, tokens: Tensor) -> Tensor:
+    def caption_loss(self, images: Tensor, tokens: Tensor, text_index: TextIndex | None = None) -> Tensor:
+        """The training loss; text_index: the batch's (None: computed from the tokens)."""
+        return self.packed_step(self.step_caption_loss, images, tokens, text_index)
+
+    def step_caption_loss(self, images: Tensor, tokens: Tensor, text_index: TextIndex) -> Tensor:
+        """Forward and loss: what model.compile=true compiles (see MaMMUTTask.packed_step)."""
         # packed: padding is skipped and logits are computed only where the next token is real
-        out = self.model(images, tokens, contrastive=False, generative=True, packed=True)
+        out = self.model(images, tokens, contrastive=False, generative=True, packed=True, text_index=text_index)
         return packed_caption_loss(out["caption_logits"], out["caption_targets"], self.cfg.loss.label_smoothing)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        loss = self.caption_loss(batch["images"], batch["tokens"])
+        loss = self.caption_loss(batch["images"], batch["tokens"], batch.get("text_index"))
         B = len(batch["images"])
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         self.log("train/caption_loss", loss, batch_size=B)

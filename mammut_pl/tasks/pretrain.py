@@ -10,12 +10,15 @@ from torch import Tensor
 from mammut_pl.config import Config
 from mammut_pl.losses import CaptionLoss, build_contrastive_loss, mammut_loss
 from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
+from mammut_pl.model.decoder import TextIndex
 from mammut_pl.tasks.base import MaMMUTTask
 from mammut_pl.tasks.registry import EvalSpec, TaskSpec, register_eval, register_task
 from mammut_pl.tasks.reporting import example_captions, recall_lines
 
 
 class PretrainTask(MaMMUTTask):
+    compiles_step = True  # model.compile=true compiles step_losses whole
+
     def __init__(self, cfg: dict[str, Any], tokenizer=None) -> None:
         super().__init__(cfg, tokenizer)
         loss = self.cfg.loss
@@ -25,17 +28,23 @@ class PretrainTask(MaMMUTTask):
         self.test_retrieval = RetrievalRecall()
         self._skipped_total = 0
 
-    def losses(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
+    def losses(self, images: Tensor, tokens: Tensor, text_index: TextIndex | None = None) -> dict[str, Tensor]:
+        """The training losses; text_index: the batch's (None: computed from the tokens)."""
+        return self.packed_step(self.step_losses, images, tokens, text_index)
+
+    def step_losses(self, images: Tensor, tokens: Tensor, text_index: TextIndex) -> dict[str, Tensor]:
+        """Forward and losses: what model.compile=true compiles (see MaMMUTTask.packed_step)."""
         w_con, w_cap = self.cfg.loss.contrastive_weight, self.cfg.loss.caption_weight
         # a pass whose weight is 0 is not run at all (CLIP / captioner baselines);
         # packed: padding is skipped, logits only where the next token is real (see MaMMUT.forward)
-        out = self.model(images, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True)
+        out = self.model(images, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True,
+                         text_index=text_index)
         losses = mammut_loss(out, self.contrastive_loss, w_con, w_cap, self.caption_loss.label_smoothing)
         losses["logit_scale"] = out["logit_scale"].detach()
         return losses
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        losses = self.losses(batch["images"], batch["tokens"])
+        losses = self.losses(batch["images"], batch["tokens"], batch.get("text_index"))
         B = batch["images"].shape[0]
         for name, value in losses.items():  # sync_dist: under DDP, the global batch's value (mean over ranks)
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=B, sync_dist=True)

@@ -27,6 +27,7 @@ from mammut_pl.config import Config
 from mammut_pl.losses import build_contrastive_loss, mammut_loss
 from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
 from mammut_pl.metrics.video_qa import QUESTION_TYPES, VideoQAAccuracy, exact_match
+from mammut_pl.model.decoder import TextIndex
 from mammut_pl.model.video import VideoMaMMUT
 from mammut_pl.tasks.base import load_weights, write_results_json
 from mammut_pl.tasks.captioning import CAPTION_KEYS, CaptioningTask
@@ -149,15 +150,20 @@ class VideoCaptioningTask(VideoModel, CaptioningTask):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         self.count_skipped(batch, "train")  # training batches are never empty: broken clips are replaced
-        clips, tokens = batch["images"], batch["tokens"]
-        w_con, w_cap = self.cfg.loss.contrastive_weight, self.cfg.loss.caption_weight
-        out = self.model(clips, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True)
-        losses = mammut_loss(out, self.contrastive_loss, w_con, w_cap, self.cfg.loss.label_smoothing)
+        clips = batch["images"]
+        losses = self.packed_step(self.step_losses, clips, batch["tokens"], batch.get("text_index"))
         for name in ("caption_loss", "contrastive_loss"):
             if name in losses:
                 self.log(f"train/{name}", losses[name], batch_size=len(clips))
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(clips))
         return self.check_finite(losses["loss"])
+
+    def step_losses(self, clips: Tensor, tokens: Tensor, text_index: TextIndex) -> dict[str, Tensor]:
+        """Forward and losses: what model.compile=true compiles (see MaMMUTTask.packed_step)."""
+        w_con, w_cap = self.cfg.loss.contrastive_weight, self.cfg.loss.caption_weight
+        out = self.model(clips, tokens, contrastive=w_con > 0, generative=w_cap > 0, packed=True,
+                         text_index=text_index)
+        return mammut_loss(out, self.contrastive_loss, w_con, w_cap, self.cfg.loss.label_smoothing)
 
     def _eval_step(self, batch: dict[str, Any], metric, stage: str) -> None:
         self.count_skipped(batch, stage)

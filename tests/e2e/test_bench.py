@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench import run as bench
+from bench import contenders, measure, report, run, steps
 from tests.helpers import ROOT
 
 
@@ -51,8 +51,8 @@ def test_machine_and_plan(smoke):
     # the bench extra is optional (CI installs only .[dev]): installed, or its contender skipped
     assert bool(m["versions"]["mammut_pytorch"]) != ("lucidrains" in res["train"]["skipped"])
     assert res["mode"] == "smoke" and res["plan"]["mode"] == "smoke"
-    assert set(bench.SECTIONS) <= set(res)
-    assert not any("error" in res[s] for s in bench.SECTIONS)
+    assert set(run.SECTIONS) <= set(res)
+    assert not any("error" in res[s] for s in run.SECTIONS)
 
 
 def test_training_rows_and_ratios_are_consistent(smoke):
@@ -94,8 +94,8 @@ def test_training_rows_and_ratios_are_consistent(smoke):
 
 def test_the_floor_is_mammut_pls_own_image_tower():
     """The floor contender holds exactly mammut_pl's image encoder and image projection."""
-    floor = bench.build_image_tower("tiny")[0].model
-    full = bench.build_mammut_pl("tiny", with_padded=False)[0].model
+    floor = contenders.build_image_tower("tiny")[0].model
+    full = contenders.build_mammut_pl("tiny", with_padded=False)[0].model
     tower = [p.numel() for n, p in full.named_parameters() if n.startswith(("visual.", "image_proj."))]
     assert sum(p.numel() for p in floor.parameters()) == sum(tower)
     assert [n for n, _ in floor.named_parameters()] == \
@@ -155,15 +155,32 @@ def test_overhead_generation_retrieval_data(smoke):
     assert "open_clip get_wds_dataset" in md and "zero-shot retrieval" in md
 
 
+def test_compiled_step_row(smoke):
+    """The compile section: the compiled step (dynamo only in --smoke) against eager on one model and
+    batch, then batches of other text lengths without a graph break or a recompile."""
+    out, res, _ = smoke
+    co = res["compile"]
+    assert co["backend"] == res["plan"]["compile_backend"] == "eager"
+    for row in co["rows"].values():
+        check_times(row["step_s"]), check_times(row["cpu_s"])
+    assert math.isclose(co["ratios"]["compiled/eager"],
+                        co["rows"]["compiled"]["step_s"]["median"] / co["rows"]["eager"]["step_s"]["median"], rel_tol=1e-9)
+    lengths = co["text_lengths"]  # [T, N, M] of each batch: all different, T among them
+    assert len({tuple(x) for x in lengths}) == len(lengths) == res["plan"]["compile_batches"]
+    assert len({x[0] for x in lengths}) > 1 and all(x[0] * co["batch_size"] >= x[1] >= x[2] for x in lengths)
+    assert co["graph_breaks"] == 0 and co["recompiles"] <= 2 and positive(co["first_compiled_step_s"])
+    assert "compiled step: graph breaks / recompiles" in (out / "latest.md").read_text()
+
+
 def test_summary_and_cli_validation():
-    s = bench.summary([3.0, 1.0, 2.0])
+    s = measure.summary([3.0, 1.0, 2.0])
     assert (s["median"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 3.0, 3)
     with pytest.raises(SystemExit):
-        bench.main(["--sections", "train,nonsense"])
+        run.main(["--sections", "train,nonsense"])
     with pytest.raises(SystemExit):
-        bench.main(["--quick", "--smoke"])
+        run.main(["--quick", "--smoke"])
     with pytest.raises(SystemExit):
-        bench.main(["--threads", "0"])
+        run.main(["--threads", "0"])
 
 
 @pytest.mark.parametrize("module", ["bench", "mammut_pl.bench"])  # the old form still runs the benchmark
@@ -176,14 +193,14 @@ def test_both_command_forms_reach_the_benchmark(module, tmp_path):
 def test_a_missing_extra_skips_its_contender_with_the_reason(monkeypatch):
     monkeypatch.setitem(sys.modules, "mammut_pytorch", None)  # import raises ModuleNotFoundError
     skipped = {}
-    assert bench.optional(bench.build_lucidrains, "tiny", skipped) == []
+    assert contenders.optional(contenders.build_lucidrains, "tiny", skipped) == []
     assert list(skipped) == ["lucidrains"] and "mammut_pytorch not installed" in skipped["lucidrains"]
     res = {"machine": {"cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "versions": {
         "torch": "t", "timm": "t", "open_clip": "o", "mammut_pytorch": None}}, "mode": "smoke", "date": "d",
         "train": {"precision": "fp32", "batch_size": 1, "tokens_shape": [1, 5], "rounds": 1, "warmup_rounds": 1,
                   "rows": {}, "skipped": skipped, "ratios": {k: None for k in (
                       "mammut_pl/coca", "mammut_pl/lucidrains", "mammut_pl/clip", "mammut_pl/mammut_pl_padded")}}}
-    md = bench.markdown(res)
+    md = report.markdown(res)
     assert "| lucidrains | skipped: mammut_pytorch not installed" in md
     assert "| step time mammut_pl / lucidrains MaMMUT (CPU; FLOPs per step: n/a) | n/a |" in md
 
@@ -194,9 +211,9 @@ def test_the_gpu_section_dry_runs_on_cpu(monkeypatch):
     can break before a GPU is ever lent. No number here means anything."""
     import torch
 
-    monkeypatch.setattr(bench.Contender, "compiled", lambda self: self)
+    monkeypatch.setattr(contenders.Contender, "compiled", lambda self: self)
     torch.set_num_threads(1)
-    gpu = bench.section_gpu(bench.make_plan("smoke"), torch.device("cpu"))
+    gpu = steps.section_gpu(measure.make_plan("smoke"), torch.device("cpu"))
     assert gpu["precision"] == "bf16-mixed" and gpu["peak_bf16_tflops"] is None
     for key in ("eager", "compiled"):
         run = gpu["runs"][key]
@@ -213,5 +230,5 @@ def test_the_gpu_section_dry_runs_on_cpu(monkeypatch):
         assert row["mfu"] is None  # no peak figure for a CPU
     res = {"machine": {"cpu": "x", "cores": 2, "torch_threads": 1, "gpu": "cpu", "versions": {
         "torch": "t", "timm": "t", "open_clip": "o", "mammut_pytorch": None}}, "mode": "smoke", "date": "d", "gpu": gpu}
-    md = bench.markdown(res)
+    md = report.markdown(res)
     assert md.count("| GPU cpu bf16 batch 8 ") == 2 and "mammut_pl / CoCa" in md

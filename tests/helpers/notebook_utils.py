@@ -5,7 +5,7 @@ that runs this interpreter (a kernelspec written under `out_dir`, found through 
 no user-level kernel install needed) and returns the executed notebook's path.
 `notebook_report(nb)` parses its outputs per sweep: trials-table rows, ablation-table order,
 Pareto front, PNGs. `synthetic_store(dir)` writes a small sweep store in the MLflow layout that
-`mammut_pl.sweep` writes (see `mammut_pl/ablations.py`).
+`mammut_pl.sweep` writes (see `mammut_pl/sweeps/ablations.py`).
 """
 
 from __future__ import annotations

@@ -119,10 +119,14 @@ def test_grad_checkpointing_gives_identical_losses_and_gradients():
     first_linear = lambda m: next(x for x in m.modules() if isinstance(x, torch.nn.Linear))  # noqa: E731
     first_linear(ckpt.visual.vit.blocks[2]).register_forward_pre_hook(lambda *a: calls.__setitem__("vit", calls["vit"] + 1))
     first_linear(decoder_layers(ckpt)[1]).register_forward_pre_hook(lambda *a: calls.__setitem__("text", calls["text"] + 1))
+    # the decoder's unit is the whole layer: its norms (leaves outside the attention / MLP parts) run again too
+    layer_calls = []
+    decoder_layers(ckpt)[3].ln_self.register_forward_pre_hook(lambda *a: layer_calls.append(1))
     b = batch()
     loss_a, grads_a = _loss_and_grads(plain, b)
     loss_b, grads_b = _loss_and_grads(ckpt, b)
     assert calls == {"vit": 2, "text": 2}  # forward + recompute in backward (packed: one decoder call)
+    assert len(layer_calls) == 2
     assert_close(loss_b, loss_a, rtol=0, atol=0)
     assert grads_a.keys() == grads_b.keys() and len(grads_a) > 100
     for n in grads_a:
@@ -133,14 +137,39 @@ def test_grad_checkpointing_gives_identical_losses_and_gradients():
     assert calls["vit"] == 3
 
 
-def test_task_switch_and_fsdp_policy_over_vit_blocks_and_decoder_parts():
+@pytest.mark.parametrize("cross_attn_block", [False, True])
+def test_the_task_with_grad_checkpointing_gives_identical_losses_and_gradients(cross_attn_block):
+    """PretrainTask.losses (both passes packed, focal + caption loss, dropout on), with and without
+    model.grad_checkpointing; the paper's layer and openMaMMUT's (cross-attention block, its MLP)."""
+    arch = [f"model.cross_attn_block={str(cross_attn_block).lower()}", "model.dropout=0.1"]
+    torch.manual_seed(0)
+    plain = task(*arch).train()
+    ckpt = task(*arch, "model.grad_checkpointing=true").train()
+    ckpt.model.load_state_dict(plain.model.state_dict())
+    assert all(getattr(layer, "_checkpointed", False) for layer in decoder_layers(ckpt.model))
+    b = batch(n=6, seed=3)
+    results = []
+    for t in (plain, ckpt):
+        torch.manual_seed(1)  # the same dropout masks (checkpoint replays the RNG state in the recompute)
+        losses = t.losses(b["images"], b["tokens"])
+        losses["loss"].backward()
+        results.append((losses, {n: p.grad for n, p in t.model.named_parameters() if p.grad is not None}))
+    (la, ga), (lb, gb) = results
+    for k in la:
+        assert_close(lb[k], la[k], rtol=0, atol=0, msg=k)
+    assert ga.keys() == gb.keys() and len(ga) > 100
+    for n in ga:
+        assert_close(gb[n], ga[n], rtol=1e-6, atol=1e-7, msg=n)
+
+
+def test_task_switch_and_fsdp_policy_over_vit_blocks_and_decoder_layers():
     from lightning.pytorch.strategies import FSDPStrategy
     from timm.models.vision_transformer import Block
 
-    from mammut_pl.model.decoder import MLP, CrossAttention, SelfAttention
+    from mammut_pl.model.decoder import DecoderLayer
 
     t = task("model.grad_checkpointing=true")
-    assert t.model.visual.vit.grad_checkpointing and all(getattr(m.self_attn, "_checkpointed", False)
+    assert t.model.visual.vit.grad_checkpointing and all(getattr(m, "_checkpointed", False)
                                                          for m in decoder_layers(t.model))
     # under FSDP the strategy checkpoints the same units; the task does not wrap them twice
     t = task("model.grad_checkpointing=true", "trainer.strategy=fsdp")
@@ -149,15 +178,13 @@ def test_task_switch_and_fsdp_policy_over_vit_blocks_and_decoder_parts():
     strategy = resolve_strategy("fsdp", t.model, grad_checkpointing=True)
     assert isinstance(strategy, FSDPStrategy) and strategy.kwargs["use_orig_params"]
     wrap = strategy.kwargs["auto_wrap_policy"]
-    # the decoder's parts, not its layers: training's packed passes call the parts directly
-    assert wrap._module_classes == {Block, SelfAttention, CrossAttention, MLP}
+    # whole decoder layers: every decoder pass calls each layer's forward
+    assert wrap._module_classes == {Block, DecoderLayer}
     units = set(wrap._run_policy(t.model, ignored_modules=set(), root_kwargs={}))
-    layers = decoder_layers(t.model)
-    expected = set(t.model.visual.vit.blocks) | {m for layer in layers for m in (layer.self_attn, layer.mlp)}
-    expected |= {layer.cross_attn for layer in layers if layer.has_cross_attn}
-    assert units - {t.model} == expected and len(expected) == 6 + 4 * 2 + 2
+    expected = set(t.model.visual.vit.blocks) | set(t.model.text.layers)
+    assert units - {t.model} == expected and len(expected) == 6 + 4
     act = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
-    assert act._module_classes == {Block, SelfAttention, CrossAttention, MLP}
+    assert act._module_classes == {Block, DecoderLayer}
     plain = resolve_strategy("fsdp", t.model, grad_checkpointing=False)
     assert plain._activation_checkpointing_kwargs == {}
     assert resolve_strategy("ddp", t.model, True) == "ddp"

@@ -10,23 +10,29 @@ import numpy as np
 import optuna
 import pytest
 
-from mammut_pl import sweep as sw
+from mammut_pl import sweep as sweep_cli
 from mammut_pl.config import ConfigError
+from mammut_pl.sweeps.results import markdown_table, plot_results, result_metrics, results_table
+from mammut_pl.sweeps.spec import (DOWNSTREAM, STAGES, list_sweeps, load_sweep, single_process, split_overrides,
+                                   stage_config)
+from mammut_pl.sweeps.study import (INTERRUPTED, TERMINATED, SweepTerminated, counted_trials, note_sigterm,
+                                    open_study, retry_interrupted, run_workers, search_space)
+from mammut_pl.sweeps.trial import TrialRunner
 
 
-@pytest.mark.parametrize("name", sw.list_sweeps())
+@pytest.mark.parametrize("name", list_sweeps())
 def test_every_sweep_file_loads_and_every_stage_config_validates(name):
-    sweep = sw.load_sweep(name)
+    sweep = load_sweep(name)
     points = list(itertools.product(*(p.grid for p in sweep.params)))
     assert sweep.sampler == "grid" and sweep.n_trials() == len(points) * max(1, len(sweep.seeds)) >= 3
     assert len(sweep.seeds) >= 3 or name == "scaling"  # intervals by default (the scaling study: a fit instead)
     if sweep.reference:  # a real grid point
         assert tuple(sweep.reference[p.name] for p in sweep.params) in points
-    cli = {s: [] for s in (*sw.STAGES, "all")}
+    cli = {s: [] for s in (*STAGES, "all")}
     for point in points:
         overrides = {k: v for p, value in zip(sweep.params, point) for k, v in p.overrides(value).items()}
-        pre = sw.stage_config(sweep, "pretrain", overrides, cli, [])
-        downstream = [sw.stage_config(sweep, s, overrides, cli, []) for s in sw.DOWNSTREAM if getattr(sweep, s)]
+        pre = stage_config(sweep, "pretrain", overrides, cli, [])
+        downstream = [stage_config(sweep, s, overrides, cli, []) for s in DOWNSTREAM if getattr(sweep, s)]
         if downstream:
             assert pre.task == "pretrain" and {c.task for c in downstream} <= {"vqa", "detection"}
         else:  # one-stage sweeps: the video ablations, the scaling study (pretraining alone)
@@ -41,20 +47,20 @@ def test_every_sweep_file_loads_and_every_stage_config_validates(name):
 
 
 def test_paper_grids():
-    assert sw.load_sweep("xattn").params[0].grid == [1, 2, 3, 4]  # {1, 2, 3, N/2, N} with N = 4
-    assert set(sw.load_sweep("cross_task").params[0].grid) == {"contrastive_only", "captioning_only", "both"}
-    both = sw.load_sweep("cross_task").params[0].overrides("contrastive_only")
+    assert load_sweep("xattn").params[0].grid == [1, 2, 3, 4]  # {1, 2, 3, N/2, N} with N = 4
+    assert set(load_sweep("cross_task").params[0].grid) == {"contrastive_only", "captioning_only", "both"}
+    both = load_sweep("cross_task").params[0].overrides("contrastive_only")
     assert both == {"loss.contrastive_weight": 1.0, "loss.caption_weight": 0.0}
 
 
 def test_split_overrides():
-    name, settings, stage = sw.split_overrides(["sweep=xattn", "sweep.workers=2", "pretrain.data.root=/a",
+    name, settings, stage = split_overrides(["sweep=xattn", "sweep.workers=2", "pretrain.data.root=/a",
                                                 "vqa.data.root=/b", "lvis.data.root=/c", "trainer.devices=2"])
     assert name == "xattn" and settings == ["workers=2"]
     assert stage == {"pretrain": ["data.root=/a"], "vqa": ["data.root=/b"], "lvis": ["data.root=/c"],
                      "all": ["trainer.devices=2"]}
     with pytest.raises(ConfigError, match="sweep=NAME is required"):
-        sw.split_overrides(["trainer.devices=2"])
+        split_overrides(["trainer.devices=2"])
 
 
 def _write(tmp_path, text):
@@ -83,16 +89,16 @@ objectives:
 def test_bad_sweep_files_name_the_key(tmp_path, extra, match):
     text = BASE.split("objectives:")[0] if "objectives:" in extra else BASE
     with pytest.raises(ConfigError, match=match):
-        sw.load_sweep(_write(tmp_path, text + extra))
+        load_sweep(_write(tmp_path, text + extra))
     with pytest.raises(ConfigError, match="Did you mean sweep=xattn"):
-        sw.load_sweep("xatn")
+        load_sweep("xatn")
 
 
 def test_a_bad_trial_value_fails_before_any_work(tmp_path):
-    sweep = sw.load_sweep(_write(tmp_path, BASE.replace("[1, 2]", "[1, 9]")))
-    cli = {s: [] for s in (*sw.STAGES, "all")}
+    sweep = load_sweep(_write(tmp_path, BASE.replace("[1, 2]", "[1, 9]")))
+    cli = {s: [] for s in (*STAGES, "all")}
     with pytest.raises(ConfigError, match="num_cross_attn"):
-        sw.stage_config(sweep, "pretrain", sweep.params[0].overrides(9), cli, [])
+        stage_config(sweep, "pretrain", sweep.params[0].overrides(9), cli, [])
 
 
 def test_multi_process_trainers_are_refused_before_any_work(tmp_path, capsys):
@@ -100,10 +106,10 @@ def test_multi_process_trainers_are_refused_before_any_work(tmp_path, capsys):
     sweep_file = _write(tmp_path, BASE)
     for args in (["trainer.devices=2", "trainer.strategy=ddp"], ["pretrain.trainer.devices=-1"],
                  ["trainer.num_nodes=2"]):
-        assert sw.main([f"sweep={sweep_file}", f"sweep.out={tmp_path}/out", *args]) == 2
+        assert sweep_cli.main([f"sweep={sweep_file}", f"sweep.out={tmp_path}/out", *args]) == 2
         assert "sweep.workers" in capsys.readouterr().err
         assert not (tmp_path / "out" / "study.db").exists()
-    sw.single_process(sw.stage_config(sw.load_sweep(sweep_file), "pretrain", {}, {s: [] for s in (*sw.STAGES, "all")},
+    single_process(stage_config(load_sweep(sweep_file), "pretrain", {}, {s: [] for s in (*STAGES, "all")},
                                       ["trainer.devices=[0]"]))  # one device, named: fine
 
 
@@ -123,38 +129,38 @@ class FakeRunner:
 
 
 def test_resume_retries_the_interrupted_trial_and_runs_each_grid_point_once(tmp_path):
-    sweep = sw.load_sweep(_write(tmp_path, BASE.replace("[1, 2]", "[1, 2, 3, 4]")), [f"out={tmp_path}"])
-    study = sw.open_study(sweep, tmp_path)
+    sweep = load_sweep(_write(tmp_path, BASE.replace("[1, 2]", "[1, 2, 3, 4]")), [f"out={tmp_path}"])
+    study = open_study(sweep, tmp_path)
     runner = FakeRunner()
     study.optimize(runner, n_trials=1, catch=(Exception,))
     # a sweep killed while its second trial ran: the trial stays RUNNING in the storage
     killed = study.ask()
     killed_value = killed.suggest_categorical("model.num_cross_attn", [1, 2, 3, 4])
-    assert sw.counted_trials(study) == 1
+    assert counted_trials(study) == 1
 
-    study = sw.open_study(sweep, tmp_path)  # the re-run opens the same study from its storage
-    assert sw.retry_interrupted(study) == [killed.number]
-    sw.run_workers(sweep, study, runner, [])
+    study = open_study(sweep, tmp_path)  # the re-run opens the same study from its storage
+    assert retry_interrupted(study) == [killed.number]
+    run_workers(sweep, study, runner, [])
     trials = study.get_trials()
     states = Counter(t.state for t in trials)
     assert states[optuna.trial.TrialState.FAIL] == 2  # the interrupted one and the one that raised
-    assert trials[killed.number].user_attrs["error"] == sw.INTERRUPTED
+    assert trials[killed.number].user_attrs["error"] == INTERRUPTED
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed.number)
     assert retry.params["model.num_cross_attn"] == killed_value and retry.state.name == "COMPLETE"
     assert any("RuntimeError" in str(t.user_attrs.get("error", "")) or t.user_attrs.get("raised") for t in trials)
     # every grid point was tried exactly once after the interruption, no point twice to completion
     finished = [t.params["model.num_cross_attn"] for t in trials
-                if t.state.name in ("COMPLETE", "FAIL") and t.user_attrs.get("error") != sw.INTERRUPTED]
+                if t.state.name in ("COMPLETE", "FAIL") and t.user_attrs.get("error") != INTERRUPTED]
     assert sorted(finished) == [1, 2, 3, 4]
-    assert sw.counted_trials(study) == 4
+    assert counted_trials(study) == 4
     # a third run has nothing left to do
     before = len(runner.calls)
-    sw.run_workers(sweep, sw.open_study(sweep, tmp_path), runner, [])
+    run_workers(sweep, open_study(sweep, tmp_path), runner, [])
     assert len(runner.calls) == before
 
 
 def test_results_table_and_markdown(tmp_path):
-    sweep = sw.load_sweep(_write(tmp_path, BASE))
+    sweep = load_sweep(_write(tmp_path, BASE))
     study = optuna.create_study(directions=sweep.directions)
     for m in (1, 2):
         study.enqueue_trial({"model.num_cross_attn": m})  # fixed values: the sampler would pick at random
@@ -162,13 +168,13 @@ def test_results_table_and_markdown(tmp_path):
         assert t.suggest_categorical("model.num_cross_attn", [1, 2]) == m
         t.set_user_attr("metrics", {"pretrain/test/i2t_R@1": 10.0 * m})
         study.tell(t, 10.0 * m)
-    df = sw.results_table(study, sweep)
+    df = results_table(study, sweep)
     assert list(df["pretrain/test/i2t_R@1"]) == [10.0, 20.0] and list(df["state"]) == ["COMPLETE"] * 2
-    md = sw.markdown_table(df)
+    md = markdown_table(df)
     assert md.splitlines()[2] == "| 0 | COMPLETE | 1 | 10.00 |"
-    (png,) = sw.plot_results(df, sweep, tmp_path)
+    (png,) = plot_results(df, sweep, tmp_path)
     assert png.name == "ablation.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    json.dumps(sw.load_sweep("xattn").settings.__dict__)  # settings are plain values
+    json.dumps(load_sweep("xattn").settings.__dict__)  # settings are plain values
 
 
 def test_sigterm_to_the_process_group_stops_the_sweep_and_the_rerun_retries_the_trial(tmp_path):
@@ -177,28 +183,28 @@ def test_sigterm_to_the_process_group_stops_the_sweep_and_the_rerun_retries_the_
     be recorded as the trial's own failure while the sweep goes on with the next trial."""
     import signal
 
-    sweep = sw.load_sweep(_write(tmp_path, BASE.replace("[1, 2]", "[1, 2, 3, 4]")), [f"out={tmp_path}"])
-    study = sw.open_study(sweep, tmp_path)
+    sweep = load_sweep(_write(tmp_path, BASE.replace("[1, 2]", "[1, 2, 3, 4]")), [f"out={tmp_path}"])
+    study = open_study(sweep, tmp_path)
     calls = []
 
     def runner(trial):
         calls.append(trial.suggest_categorical("model.num_cross_attn", [1, 2, 3, 4]))
         if len(calls) == 2:
-            sw._note_sigterm(signal.SIGTERM, None)  # what the signal handler does
+            note_sigterm(signal.SIGTERM, None)  # what the signal handler does
             raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
         return float(calls[-1])
 
     try:
-        with pytest.raises(sw.SweepTerminated) as stop:
-            sw.run_workers(sweep, study, runner, [])
+        with pytest.raises(SweepTerminated) as stop:
+            run_workers(sweep, study, runner, [])
     finally:
-        sw._TERMINATED.clear()
+        TERMINATED.clear()
     assert stop.value.code == 143 and len(calls) == 2  # no third trial started
     states = [t.state.name for t in study.get_trials()]
     assert states == ["COMPLETE", "RUNNING"]  # not FAIL: the re-run retries it
-    study = sw.open_study(sweep, tmp_path)
-    assert sw.retry_interrupted(study) == [1]
-    sw.run_workers(sweep, study, runner, [])
+    study = open_study(sweep, tmp_path)
+    assert retry_interrupted(study) == [1]
+    run_workers(sweep, study, runner, [])
     done = [t.params["model.num_cross_attn"] for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert sorted(done) == [1, 2, 3, 4] and calls[2] == calls[1]  # the interrupted point first, each once
 
@@ -213,20 +219,20 @@ def test_sigterm_to_the_process_group_stops_the_sweep_and_the_rerun_retries_the_
 ])
 def test_bad_seeds_and_reference_name_the_key(tmp_path, extra, match):
     with pytest.raises(ConfigError, match=match):
-        sw.load_sweep(_write(tmp_path, BASE + extra))
+        load_sweep(_write(tmp_path, BASE + extra))
 
 
 def test_seeds_from_the_file_or_the_command_line():
-    assert sw.load_sweep("xattn", ["seeds=2"]).seeds == [0, 1]
-    assert sw.load_sweep("xattn", ["seeds=[3,7]"]).seeds == [3, 7]
-    sweep = sw.load_sweep("xattn", ["seeds=2"])
-    assert sweep.n_trials() == 4 * 2 and sw.search_space(sweep) == {"model.num_cross_attn": [1, 2, 3, 4], "seed": [0, 1]}
+    assert load_sweep("xattn", ["seeds=2"]).seeds == [0, 1]
+    assert load_sweep("xattn", ["seeds=[3,7]"]).seeds == [3, 7]
+    sweep = load_sweep("xattn", ["seeds=2"])
+    assert sweep.n_trials() == 4 * 2 and search_space(sweep) == {"model.num_cross_attn": [1, 2, 3, 4], "seed": [0, 1]}
 
 
 class SeededRunner:
     """Stands in for a trial: records the (point, seed) pairs it ran."""
 
-    def __init__(self, runner: sw.TrialRunner):
+    def __init__(self, runner: TrialRunner):
         self.runner, self.pairs = runner, []
 
     def __call__(self, trial):
@@ -238,18 +244,18 @@ class SeededRunner:
 
 
 def test_seeds_run_every_point_once_per_seed_and_a_resume_keeps_finished_pairs(tmp_path):
-    sweep = sw.load_sweep(_write(tmp_path, BASE + "seeds: [0, 5]\n"), [f"out={tmp_path}"])
-    study = sw.open_study(sweep, tmp_path)
-    runner = SeededRunner(sw.TrialRunner(sweep, {}, tmp_path, ""))
+    sweep = load_sweep(_write(tmp_path, BASE + "seeds: [0, 5]\n"), [f"out={tmp_path}"])
+    study = open_study(sweep, tmp_path)
+    runner = SeededRunner(TrialRunner(sweep, {}, tmp_path, ""))
     study.optimize(runner, n_trials=2)
     finished = list(runner.pairs)
     killed = study.ask()  # a sweep killed in its third trial: left RUNNING
     killed_pair = (killed.suggest_categorical("model.num_cross_attn", [1, 2]), killed.suggest_categorical("seed", [0, 5]))
     assert killed_pair not in finished
 
-    study = sw.open_study(sweep, tmp_path)
-    assert sw.retry_interrupted(study) == [killed.number]
-    sw.run_workers(sweep, study, runner, [])
+    study = open_study(sweep, tmp_path)
+    assert retry_interrupted(study) == [killed.number]
+    run_workers(sweep, study, runner, [])
     reruns = runner.pairs[len(finished):]
     assert reruns[0] == killed_pair  # the interrupted pair first
     assert not set(reruns) & set(finished) and len(set(reruns)) == len(reruns) == 2  # no finished pair again
@@ -261,31 +267,32 @@ def test_seeds_run_every_point_once_per_seed_and_a_resume_keeps_finished_pairs(t
 
 def test_a_stage_seed_next_to_sweep_seeds_is_refused(tmp_path, capsys):
     sweep_file = _write(tmp_path, BASE + "seeds: 2\n")
-    assert sw.main([f"sweep={sweep_file}", f"sweep.out={tmp_path}/out", "seed=1"]) == 2
+    assert sweep_cli.main([f"sweep={sweep_file}", f"sweep.out={tmp_path}/out", "seed=1"]) == 2
     assert "sweep.seeds" in capsys.readouterr().err and not (tmp_path / "out" / "study.db").exists()
 
 
 def test_ablation_png_is_a_grid_with_the_objectives_first_and_the_reference_marked(tmp_path):
     from PIL import Image
 
-    sweep = sw.load_sweep("xattn", ["seeds=2"])  # 2 objectives + 6 recorded metrics
+    sweep = load_sweep("xattn", ["seeds=2"])  # 2 objectives + 6 recorded metrics
     study = optuna.create_study(directions=sweep.directions)
     dists = {"model.num_cross_attn": optuna.distributions.CategoricalDistribution([1, 2, 3, 4]),
              "seed": optuna.distributions.CategoricalDistribution([0, 1])}
     for m in (1, 2, 3, 4):
         for seed in (0, 1):
-            metrics = {k: 10.0 * m + seed for k in sw.result_metrics(sweep)}
+            metrics = {k: 10.0 * m + seed for k in result_metrics(sweep)}
             study.add_trial(optuna.trial.create_trial(params={"model.num_cross_attn": m, "seed": seed},
                                                       distributions=dists, values=[1.0, 1.0],
                                                       user_attrs={"metrics": metrics}))
-    df = sw.results_table(study, sweep)
-    ablation, pareto = sw.plot_results(df, sweep, tmp_path)
+    df = results_table(study, sweep)
+    ablation, pareto = plot_results(df, sweep, tmp_path)
     width, height = Image.open(ablation).size
     assert width / height < 2.5  # 8 panels in rows of 3, not 3520 x 352
     assert pareto.name == "pareto.png" and pareto.read_bytes()[:4] == b"\x89PNG"
-    from mammut_pl import ablations
+    from mammut_pl.sweeps.ablations import Objective
+    from mammut_pl.sweeps.plots import plot_ablation
 
-    fig = ablations.plot_ablation(df, "model.num_cross_attn", [ablations.Objective(o.metric) for o in sweep.objectives],
+    fig = plot_ablation(df, "model.num_cross_attn", [Objective(o.metric) for o in sweep.objectives],
                                   reference=2)
     first = fig.axes[0]
     assert first.get_title().startswith("pretrain/test/i2t_R@1")  # the objectives first

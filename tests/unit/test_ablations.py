@@ -1,5 +1,5 @@
-"""mammut_pl.ablations: Pareto front vs a brute-force dominance check, param order, ablation
-tables, plots, and reading a synthetic sweep store in the MLflow layout sweeps write."""
+"""mammut_pl.sweeps.ablations / .plots: Pareto front vs a brute-force dominance check, param
+order, ablation tables, plots, and reading a synthetic sweep store in the MLflow layout sweeps write."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mammut_pl import ablations
-from mammut_pl.ablations import Objective, ablation_table, param_order, pareto_front, typed
+from mammut_pl.sweeps import ablations, plots
+from mammut_pl.sweeps.ablations import Objective, ablation_table, param_order, pareto_front, typed
 from tests.helpers.notebook_utils import PNG_MAGIC, shown_by_default, synthetic_store
 
 # ---------------------------------------------------------------- Pareto front
@@ -125,7 +125,7 @@ def _trials() -> pd.DataFrame:
 
 
 def test_plot_ablation_orders_x_and_leaves_out_pruned():
-    fig = ablations.plot_ablation(_trials(), "n", ["r", Objective("v")], baselines={"v": 30.0})
+    fig = plots.plot_ablation(_trials(), "n", ["r", Objective("v")], baselines={"v": 30.0})
     ax_r, ax_v = fig.axes
     assert [t.get_text() for t in ax_r.get_xticklabels()] == ["2", "6", "12"]  # the pruned 3 is not there
     assert len(ax_r.collections[0].get_offsets()) == 4  # completed trials with r
@@ -133,12 +133,12 @@ def test_plot_ablation_orders_x_and_leaves_out_pruned():
     means = ax_r.lines[0]
     assert list(means.get_ydata()) == [10.0, 11.0, 12.5] and means.get_linestyle() == "-"
     assert any(list(line.get_ydata()) == [30.0, 30.0] for line in ax_v.lines)  # the baseline
-    assert ablations.figure_png(fig).startswith(PNG_MAGIC)
+    assert plots.figure_png(fig).startswith(PNG_MAGIC)
 
 
 def test_plot_ablation_categories_unjoined_in_given_order():
     trials = _trials().assign(n=["b", "a", "c", "a", "b"])
-    fig = ablations.plot_ablation(trials, "n", ["r"], order=["a", "b", "c"])
+    fig = plots.plot_ablation(trials, "n", ["r"], order=["a", "b", "c"])
     (ax,) = [a for a in fig.axes if a.get_visible()]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
     assert list(ax.lines[0].get_ydata()) == [10.0, 11.75] and ax.lines[0].get_linestyle() == "None"
@@ -149,22 +149,22 @@ def test_nothing_completed_still_draws():
     assert ablation_table(trials, ["n"], ["r"]).empty
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fig = ablations.plot_ablation(trials, "n", ["r", "v"])
+        fig = plots.plot_ablation(trials, "n", ["r", "v"])
     assert "no completed trial has this metric" in [t.get_text() for t in fig.axes[0].texts]
-    assert ablations.figure_png(fig).startswith(PNG_MAGIC)
+    assert plots.figure_png(fig).startswith(PNG_MAGIC)
 
 
 def test_plot_pareto_highlights_the_front():
     trials = _trials()[lambda d: d.state == "COMPLETE"]
-    fig = ablations.plot_pareto(trials, ["r", "v"], label="n")
+    fig = plots.plot_pareto(trials, ["r", "v"], label="n")
     (ax,) = fig.axes
     dominated, front = (len(c.get_offsets()) for c in ax.collections)
     assert (dominated, front) == (1, 2)  # 10/43 is dominated by 10/45; 11/NaN is not drawn
     assert {t.get_text() for t in ax.texts} == {"#0 12", "#1 2", "#3 2"}
     tie = pd.concat([trials, trials.loc[[0]].rename(index={0: 9}).assign(n=7)])
-    fig = ablations.plot_pareto(tie, ["r", "v"], label="n")
+    fig = plots.plot_pareto(tie, ["r", "v"], label="n")
     assert "#0 12, #9 7" in {t.get_text() for t in fig.axes[0].texts}  # one label per point
-    assert ablations.figure_png(fig).startswith(PNG_MAGIC)
+    assert plots.figure_png(fig).startswith(PNG_MAGIC)
 
 
 # ---------------------------------------------------------------- reading MLflow
@@ -226,21 +226,21 @@ def test_load_sweeps_one_frame(store):
 def test_pareto_of_means_with_intervals():
     from scipy import stats
 
-    from mammut_pl.sweep_stats import interval_table
+    from mammut_pl.sweeps.stats import interval_table
 
     rows = [{"state": "COMPLETE", "x": x, "seed": s, "r": r, "v": v}
             for x, s, r, v in [(1, 0, 10.0, 40.0), (1, 1, 12.0, 42.0), (2, 0, 11.0, 45.0), (2, 1, 13.0, 47.0),
                                (3, 0, 9.0, 30.0), (3, 1, 9.5, 31.0)]]
     table = interval_table(pd.DataFrame(rows), ["x"], ["r", "v"], reference={"x": 1})
-    means = ablations.point_means(table, ["x"], ["r", "v"])
+    means = plots.point_means(table, ["x"], ["r", "v"])
     assert list(means["x"]) == [1, 2, 3] and list(means["r"]) == [11.0, 12.0, 9.25]
     ci = stats.ttest_1samp([10.0, 12.0], 0).confidence_interval()
     assert (means["r low"][0], means["r high"][0]) == pytest.approx((ci.low, ci.high))
-    fig = ablations.plot_pareto_intervals(table, ["x"], ["r", "v"], reference={"x": 1})
+    fig = plots.plot_pareto_intervals(table, ["x"], ["r", "v"], reference={"x": 1})
     (ax,) = fig.axes
     # point 2 dominates 1 and 3 on the means: the front is point 2 alone
     texts = {t.get_text() for t in ax.texts}
     assert texts == {"1 (reference)", "2", "3"}
-    assert ablations.figure_png(fig).startswith(PNG_MAGIC)
+    assert plots.figure_png(fig).startswith(PNG_MAGIC)
     with pytest.raises(ValueError, match="share a name"):
         interval_table(pd.DataFrame(rows).rename(columns={"x": "n"}), ["n"], ["r"])

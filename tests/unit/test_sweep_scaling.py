@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mammut_pl import config as config_lib
-from mammut_pl.scaling import (Fit, ScalingSettings, Target, crossing_statement, crossings, fit_power_law,
-                               power_law, scaling_report, train_flops_per_step)
+from mammut_pl.sweeps.scaling import (Fit, ScalingSettings, Target, crossing_statement, crossings, fit_power_law,
+                                      power_law, scaling_report, train_flops_per_step)
 
 TRUE = {"a": 0.6, "b": 0.45, "c": 0.25}
 
@@ -99,9 +99,10 @@ def test_summarise_writes_the_fits_and_logs_them_to_the_parent_run(tmp_path):
     import optuna
     from PIL import Image
 
-    from mammut_pl import sweep as sw
+    from mammut_pl.sweeps.results import summarise
+    from mammut_pl.sweeps.spec import load_sweep
 
-    sweep = sw.load_sweep("scaling")
+    sweep = load_sweep("scaling")
     study = optuna.create_study(directions=sweep.directions)
     dists = {p.name: optuna.distributions.CategoricalDistribution(p.grid) for p in sweep.params}
     laws = {"clip": (0.5, 0.4, 0.30), "mammut": (0.8, 0.5, 0.20)}
@@ -119,7 +120,7 @@ def test_summarise_writes_the_fits_and_logs_them_to_the_parent_run(tmp_path):
                     values=[mean_r], user_attrs={"metrics": metrics}))
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.create_run(client.create_experiment("x"))
-    sw.summarise(study, sweep, tmp_path, client, run.info.run_id, 1.0, finished=True)
+    summarise(study, sweep, tmp_path, client, run.info.run_id, 1.0, finished=True)
     report = json.loads((tmp_path / "scaling.json").read_text())
     assert set(report["fits"]["retrieval_error"]) == {"clip", "mammut"}
     assert set(report["fits"]["caption_loss"]) == {"mammut"}  # CLIP has no caption loss

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mammut_pl.sweep_stats import interval_markdown, interval_table, mean_ci, paired_difference
+from mammut_pl.sweeps.stats import interval_markdown, interval_table, mean_ci, paired_difference
 
 
 def test_mean_ci_by_hand():

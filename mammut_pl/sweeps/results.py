@@ -1,4 +1,4 @@
-"""A sweep's results: the trials table, the per-point intervals (sweep_stats), the plots, the
+"""A sweep's results: the trials table, the per-point intervals (`stats`), the plots, the
 scaling fits, and their place in the MLflow parent run (see mammut_pl.sweep)."""
 
 from __future__ import annotations
@@ -8,13 +8,14 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from mammut_pl.sweep_stats import SEED
+from mammut_pl.sweeps.stats import SEED, interval_markdown, interval_table
 
-Sweep = Any  # mammut_pl.sweep.Sweep: an entry point, which library modules do not import
+if TYPE_CHECKING:
+    from mammut_pl.sweeps.spec import Sweep
 
 
 def metric_key(name: str) -> str:
@@ -74,27 +75,27 @@ def plot_results(df, sweep: Sweep, out: Path) -> list[Path]:
     """ablation.png: a grid of panels, the objectives first, each metric's mean over seeds with
     its 95% interval per point, the reference marked; pareto.png (two objectives): the points'
     means with their intervals in both objectives."""
-    from mammut_pl import ablations
-    from mammut_pl.sweep_stats import interval_table
+    from mammut_pl.sweeps import plots
+    from mammut_pl.sweeps.ablations import Objective
 
     df = df.copy()
     x, ref = point_column(df, sweep)
     order = [", ".join(str(v) for v in vs) for vs in itertools.product(*(p.grid for p in sweep.params))] \
         if x == "point" else (sweep.params[0].grid or None)
-    metrics = [ablations.Objective(o.metric, o.direction) for o in sweep.objectives] + \
+    metrics = [Objective(o.metric, o.direction) for o in sweep.objectives] + \
         [m for m in result_metrics(sweep)[len(sweep.objectives):]]
     done = df[df["state"] == "COMPLETE"]
     seeds = f", {len(sweep.seeds)} seeds" if sweep.seeds else ""
-    fig = ablations.plot_ablation(df, x, metrics, order=[v for v in order if v in set(done[x])] if order else None,
+    fig = plots.plot_ablation(df, x, metrics, order=[v for v in order if v in set(done[x])] if order else None,
                                   reference=ref, title=f"sweep {sweep.name}{seeds}: {sweep.description}"[:120])
     paths = [out / "ablation.png"]
-    paths[0].write_bytes(ablations.figure_png(fig))
+    paths[0].write_bytes(plots.figure_png(fig))
     if len(sweep.objectives) >= 2:
         table = interval_table(done, [x], [o.metric for o in sweep.objectives])
-        fig = ablations.plot_pareto_intervals(table, [x], metrics[:2], reference={x: ref} if ref is not None else None,
+        fig = plots.plot_pareto_intervals(table, [x], metrics[:2], reference={x: ref} if ref is not None else None,
                                               title=f"sweep {sweep.name}: means{seeds}")
         paths.append(out / "pareto.png")
-        paths[1].write_bytes(ablations.figure_png(fig))
+        paths[1].write_bytes(plots.figure_png(fig))
     return paths
 
 
@@ -126,8 +127,6 @@ def summarise(study: optuna.Study, sweep: Sweep, out: Path, client: Any, parent_
               finished: bool) -> str:
     """The results files, printed table and MLflow parent run (artifacts, the aggregate table as
     metrics, the scaling fits); the parent run ends FINISHED once every trial has run (`finished`)."""
-    from mammut_pl.sweep_stats import interval_markdown, interval_table
-
     df = results_table(study, sweep)
     md = markdown_table(df)
     params = [p.name for p in sweep.params]
@@ -148,7 +147,7 @@ def summarise(study: optuna.Study, sweep: Sweep, out: Path, client: Any, parent_
                "objectives": [dataclasses.asdict(o) for o in sweep.objectives], "best_trials": best,
                "seconds_this_invocation": round(seconds, 1)}
     if sweep.scaling:
-        from mammut_pl.scaling import scaling_report
+        from mammut_pl.sweeps.scaling import scaling_report
 
         summary["scaling"] = scaling_report(df, sweep.scaling, out)
         plots += [out / "scaling.png"]
