@@ -6,10 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
-from tests.helpers import demo_world_args
+from tests.helpers import demo_world_args, logged_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -25,8 +24,7 @@ def test_demo_trains_in_bf16_mixed_with_checkpointing_and_lit(tmp_path):
             "model.freeze_encoder_unlocked_blocks=1"]
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    run = client.search_runs([client.get_experiment_by_name("mammut_pl").experiment_id])[0]
+    client, (run, *_) = logged_runs(tmp_path)
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     assert math.isfinite(run.data.metrics["val/caption_loss"]) and "test/t2i_R10" in run.data.metrics

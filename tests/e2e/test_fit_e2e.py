@@ -6,9 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
-from tests.helpers import demo_world_args
+from tests.helpers import demo_world_args, logged_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -23,8 +22,7 @@ def test_fit_logs_to_mlflow_and_resumes_into_the_same_run(tmp_path, world):
     r = fit(tmp_path, world, "trainer.max_steps=6", "trainer.val_check_interval=3", "data.batch_size=8")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "zero-shot retrieval image -> text" in r.stdout and "generated:" in r.stdout
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("mammut_pl").experiment_id])
+    client, runs = logged_runs(tmp_path)
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["model.width"] == "192" and run.data.params["loss.contrastive"] == "focal"
@@ -66,8 +64,7 @@ def test_short_pretraining_beats_chance(tmp_path_factory):
             "data.batch_size=32",
             "optim.warmup_steps=20", "data.num_workers=1", "trainer.log_every_n_steps=10")
     assert r.returncode == 0, r.stderr[-3000:]
-    client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    run = client.search_runs([client.get_experiment_by_name("mammut_pl").experiment_id])[0]
+    client, (run, *_) = logged_runs(tmp)
     m = run.data.metrics
     recalls = {k: v for k, v in m.items() if k.startswith("test/") and "_R" in k}
     chance_mean = (1 + 5 + 10) / 3

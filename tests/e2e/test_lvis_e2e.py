@@ -7,9 +7,8 @@ import json
 import subprocess
 import sys
 
-import mlflow
 import pytest
-from tests.helpers import demo_world_args
+from tests.helpers import demo_world_args, logged_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -35,8 +34,7 @@ def trained(tmp_path_factory):
 def test_fit_logs_lvis_ap_and_writes_results(trained):
     tmp, world, stdout = trained
     assert "LVIS box AP (test)" in stdout and "APr" in stdout
-    client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    run = client.search_runs([client.get_experiment_by_name("mammut_pl").experiment_id])[0]
+    client, (run, *_) = logged_runs(tmp)
     metrics = run.data.metrics
     for key in ("test/AP", "test/APr", "test/APc", "test/APf", "test/AP50", "val/AP", "val/APr", "train/loss",
                 "train/giou_loss"):

@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 
-import mlflow
 import pytest
-from tests.helpers import demo_world_args
+from tests.helpers import demo_world_args, logged_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -32,8 +31,7 @@ def world(tmp_path_factory):
 
 
 def runs(tmp):
-    client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    return client, client.search_runs([client.get_experiment_by_name("mammut_pl").experiment_id])
+    return logged_runs(tmp)
 
 
 def test_msrvtt_qa_trains_and_logs(world, tmp_path):

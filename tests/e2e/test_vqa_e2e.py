@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 
-import mlflow
 import pytest
-from tests.helpers import demo_world_args
+from tests.helpers import demo_world_args, logged_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -34,8 +33,7 @@ def predict(tmp, *args):
 def test_fit_logs_vqa_accuracy_and_writes_results(trained):
     tmp, world, stdout = trained
     assert "VQA accuracy (val2014)" in stdout and "majority-answer baseline" in stdout
-    client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    run = client.search_runs([client.get_experiment_by_name("mammut_pl").experiment_id])[0]
+    client, (run, *_) = logged_runs(tmp)
     metrics = run.data.metrics
     for key in ("val/vqa_accuracy", "test/vqa_accuracy", "val/majority_baseline", "test/vqa_accuracy/yes/no",
                 "test/vqa_accuracy/number", "test/vqa_accuracy/other"):

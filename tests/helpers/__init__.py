@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 TEST_DATA = ROOT / "tests" / "data"
@@ -33,3 +34,12 @@ def demo_world_args(world: Path, dataset: str, tmp: Path, mlflow: bool = True) -
     store = [f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db"] if mlflow else ["mlflow.enabled=false"]
     return [f"data.root={world}/{dataset}", f"data.tokenizer={world}/tokenizer.json", f"output_dir={tmp}/outputs",
             *store, "data.num_workers=0", "trainer.enable_progress_bar=false"]
+
+
+def logged_runs(tmp: Path) -> tuple[Any, list[Any]]:
+    """The MLflow client of the store demo_world_args(..., tmp) points at, and the runs of its
+    experiment `mammut_pl`, newest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    return client, client.search_runs([client.get_experiment_by_name("mammut_pl").experiment_id])

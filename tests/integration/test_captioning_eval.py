@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import lightning as L
-import mlflow
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from mammut_pl import evaluate
 from mammut_pl.runtime import build_datamodule, build_tokenizer_for
 from mammut_pl.metrics.captioning import caption_scores
 from mammut_pl.tasks import TASKS, CaptioningTask
-from tests.helpers import SMALL_MODEL, demo_world_args
+from tests.helpers import SMALL_MODEL, demo_world_args, logged_runs
 from tests.helpers.references import brute_force_recall, karpathy, load_split_images
 
 def small_config(world: Path, experiment: str = "coco_captioning", *overrides: str) -> config_lib.Config:
@@ -216,8 +215,7 @@ def captioning_run(world, tmp_path_factory):
 @pytest.mark.e2e
 def test_fit_coco_captioning_logs_cider_to_mlflow(captioning_run):
     tmp, stdout = captioning_run
-    client = mlflow.MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    run = client.search_runs([client.get_experiment_by_name("mammut_pl").experiment_id])[0]
+    client, (run, *_) = logged_runs(tmp)
     assert run.data.tags["task"] == "captioning"
     assert len(client.get_metric_history(run.info.run_id, "val/CIDEr")) == 2  # at steps 2 and 4
     logged = {"val/BLEU4", "val/distinct_captions", "val/caption_loss", "test/CIDEr", "train/caption_loss"}
