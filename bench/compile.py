@@ -46,7 +46,7 @@ def dynamo_counts() -> tuple[int, int]:
 def section_compile(plan: Any, device: torch.device) -> dict[str, Any]:
     from torch._dynamo.utils import counters
 
-    from mammut_pl.model.decoder import TextIndex
+    from mammut_pl.model.packing import TextIndex
     from mammut_pl.tasks.pretrain import PretrainTask
 
     torch.manual_seed(0)

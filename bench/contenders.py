@@ -56,7 +56,7 @@ def pretrain_task(preset: str):
 def suite_loss(task, model: nn.Module | None = None, **loss_overrides: Any) -> LossFn:
     """The suite's own training loss, `PretrainTask.losses`, optionally run on another view
     of the same weights (a torch.compile'd model) or with other loss weights."""
-    from mammut_pl.model.decoder import TextIndex
+    from mammut_pl.model.packing import TextIndex
     from mammut_pl.tasks.pretrain import PretrainTask
 
     cfg = task.cfg

@@ -23,7 +23,7 @@ from mammut_pl.data.epochs import (EpochSampler, ResumableTrainData, SampleRef, 
                                    item_index, seeded_item)
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import ImageError, image_transform, load_image
-from mammut_pl.model.decoder import TextIndex
+from mammut_pl.model.packing import TextIndex
 
 log = logging.getLogger(__name__)
 

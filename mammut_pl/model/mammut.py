@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mammut_pl.model.config import MaMMUTConfig
-from mammut_pl.model.decoder import LayerCache, TextDecoder, TextIndex
+from mammut_pl.model.decoder import LayerCache, TextDecoder
+from mammut_pl.model.packing import TextIndex
 from mammut_pl.model.encoder import ImageEncoder
 
 

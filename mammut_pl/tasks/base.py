@@ -19,7 +19,7 @@ from mammut_pl.data.context import EvalContext, eval_context
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.data.transforms import normalize_batch
 from mammut_pl.model import MaMMUT
-from mammut_pl.model.decoder import TextIndex
+from mammut_pl.model.packing import TextIndex
 from mammut_pl.model.towers import load_encoder_weights
 from mammut_pl.scale import FSDP_NAMES, enable_grad_checkpointing
 from mammut_pl.resume import CheckpointError, read_checkpoint

@@ -22,7 +22,7 @@ from torch import Tensor
 from mammut_pl.config import Config
 from mammut_pl.losses import CaptionLoss, packed_caption_loss
 from mammut_pl.metrics.captioning import CaptionMetrics
-from mammut_pl.model.decoder import TextIndex
+from mammut_pl.model.packing import TextIndex
 from mammut_pl.tasks.base import MaMMUTTask, write_results_json
 from mammut_pl.tasks.registry import EvalSpec, TaskSpec, register_eval, register_task
 from mammut_pl.tasks.reporting import caption_lines, caption_scores_line, decoding, decoding_line

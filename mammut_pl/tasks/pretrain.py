@@ -10,7 +10,7 @@ from torch import Tensor
 from mammut_pl.config import Config
 from mammut_pl.losses import CaptionLoss, build_contrastive_loss, mammut_loss
 from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
-from mammut_pl.model.decoder import TextIndex
+from mammut_pl.model.packing import TextIndex
 from mammut_pl.tasks.base import MaMMUTTask
 from mammut_pl.tasks.registry import EvalSpec, TaskSpec, register_eval, register_task
 from mammut_pl.tasks.reporting import example_captions, recall_lines

@@ -27,7 +27,7 @@ from mammut_pl.config import Config
 from mammut_pl.losses import build_contrastive_loss, mammut_loss
 from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
 from mammut_pl.metrics.video_qa import QUESTION_TYPES, VideoQAAccuracy, exact_match
-from mammut_pl.model.decoder import TextIndex
+from mammut_pl.model.packing import TextIndex
 from mammut_pl.model.video import VideoMaMMUT
 from mammut_pl.tasks.base import load_weights, write_results_json
 from mammut_pl.tasks.captioning import CAPTION_KEYS, CaptioningTask

@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 from mammut_pl.data.coco import PairCollator
 from mammut_pl.data.tokenizer import Tokenizer
 from mammut_pl.model import MaMMUT, MaMMUTConfig
-from mammut_pl.model.decoder import Packing, TextIndex, real_positions
+from mammut_pl.model.packing import Packing, TextIndex, real_positions
 
 
 class LetterTokenizer(Tokenizer):

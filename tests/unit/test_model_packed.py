@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mammut_pl.losses import CaptionLoss, FocalContrastiveLoss
 from mammut_pl.model import MaMMUT, MaMMUTConfig
-from mammut_pl.model.decoder import Packing, caption_targets
+from mammut_pl.model.packing import Packing, caption_targets
 
 
 def make(seed=0, **overrides):
