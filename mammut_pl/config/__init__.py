@@ -42,13 +42,19 @@ def list_experiments() -> list[str]:
     return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
 
-def _experiment_file(name: str) -> Path:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else EXPERIMENTS_DIR / f"{name}.yaml"
+def named_yaml(key: str, name: str, folder: Path) -> Path:
+    """`key=NAME` -> folder/NAME.yaml (a .yaml path as given); a missing one names the nearest known."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else folder / f"{name}.yaml"
     if not path.is_file():
-        near = difflib.get_close_matches(name, list_experiments(), n=1)
-        hint = f" Did you mean experiment={near[0]}?" if near else ""
-        raise ConfigError(f"experiment={name}: no file {path}. Known: {', '.join(list_experiments())}.{hint}")
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {key}={near[0]}?" if near else ""
+        raise ConfigError(f"{key}={name}: no file {path}. Known: {', '.join(known)}.{hint}")
     return path
+
+
+def _experiment_file(name: str) -> Path:
+    return named_yaml("experiment", name, EXPERIMENTS_DIR)
 
 
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:

@@ -3,7 +3,6 @@ settings and per-stage overrides, and each stage's config built from them."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mammut_pl import config as config_lib
-from mammut_pl.config import PROJECT_ROOT, ConfigError
+from mammut_pl.config import PROJECT_ROOT, ConfigError, named_yaml
 
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
 STAGES = ("pretrain", "vqa", "lvis")
@@ -140,12 +139,7 @@ def _need(path: Path, ok: bool, key: str, why: str) -> None:
 
 def sweep_path(name: str) -> Path:
     """sweep=NAME -> sweeps/NAME.yaml; a .yaml path as given. A missing one names the nearest sweep."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        near = difflib.get_close_matches(name, list_sweeps(), n=1)
-        hint = f" Did you mean sweep={near[0]}?" if near else ""
-        raise ConfigError(f"sweep={name}: no file {path}. Known: {', '.join(list_sweeps())}.{hint}")
-    return path
+    return named_yaml("sweep", name, SWEEPS_DIR)
 
 
 def read_sweep_file(path: Path) -> dict[str, Any]:
