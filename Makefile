@@ -63,7 +63,7 @@ test-fast: setup ## unit tests only (skip the end-to-end ones)
 test-stress: setup ## `make test` STRESS_RUNS=3 times in a row beside STRESS_HOGS=2 busy CPU loops (a loaded machine); stops at the first failure
 	@PY=$(PY) bash scripts/test_stress.sh $(STRESS_RUNS) $(STRESS_HOGS)
 
-bench: setup .venv/.bench-stamp ## time mammut_pl vs CoCa/CLIP/lucidrains side by side (installs the bench extras; 12 min on 2 CPU cores; ARGS=--quick: 7 min, --smoke: seconds)
+bench: setup .venv/.bench-stamp ## time mammut_pl vs CoCa/CLIP/lucidrains side by side (installs the bench extras; ~12 min on 2 CPU cores + the compiled step's first compile, ~9 min cold / ~0.5 min with inductor's cache warm; ARGS=--quick: 7 min + compile, --smoke: seconds)
 	@$(PY) -m bench $(ARGS)
 
 .venv/.bench-stamp: pyproject.toml constraints.txt
