@@ -56,7 +56,7 @@ def load_openmammut_folder(path: str | Path) -> ImageTextModel:
         raise ValueError(f"{path}: expected model_cfg.vision_cfg.image_size in its open_clip_config.json, got {size!r}")
     known = set(PreprocessCfg.__dataclass_fields__)
     preprocess = PreprocessCfg(**{"size": size, **{k: v for k, v in preprocess_cfg.items() if k in known}})
-    return ImageTextModel(model=load_openmammut(path).eval(), tokenize=open_clip.get_tokenizer(f"local-dir:{path}"),
+    return ImageTextModel(model=load_openmammut(path, model_cfg).eval(), tokenize=open_clip.get_tokenizer(f"local-dir:{path}"),
                          transform=image_transform_v2(preprocess, is_train=False), kind="openMaMMUT folder")
 
 
