@@ -138,6 +138,10 @@ def _train_ratio_rows(r: dict[str, Any]) -> list[str]:
              f"mammut_pl's step: {fmt_ratio(r.get('image_tower/mammut_pl'))}) | "
              f"{fmt_ratio(r.get('image_tower/coca'))} | {fmt_ratio(r.get('cpu image_tower/coca'))} |",
              f"| step time mammut_pl packed / padded forward | {fmt_ratio(r['mammut_pl/mammut_pl_padded'])} | |"]
+    if r.get("text_side_efficiency") is not None:  # issue 18's headline: the text side as efficient as the ViT
+        lines.insert(0, f"| text-side efficiency: (GFLOP/s of the step minus the floor) / (floor GFLOP/s) | "
+                        f"{fmt_ratio(r['text_side_efficiency'], TARGETS['train.text_side_efficiency'], at_least=True)} | "
+                        f"{fmt_ratio(r.get('cpu text_side_efficiency'))} |")
     if "memory mammut_pl/coca" in r:
         lines.append(f"| memory (state + step peak) mammut_pl / CoCa | {fmt_ratio(r['memory mammut_pl/coca'], 1.0)} | |")
     return lines

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from bench.contenders import (Contender, build_image_tower, build_lucidrains, build_mammut_pl, build_open_clip,
                               optional, pretrain_task, suite_loss)
-from bench.measure import PeakMemory, Plan, caption_tokens, interleaved, make_adamw, random_images, ratio, state_mb
+from bench.measure import (PeakMemory, Plan, caption_tokens, interleaved, make_adamw, random_images, ratio, state_mb,
+                           text_side_efficiency)
 from mammut_pl.flops import count_flops  # shared with the scaling study (mammut_pl.sweeps.scaling)
 
 
@@ -92,6 +93,8 @@ def section_train(plan: Plan, device: torch.device) -> dict[str, Any]:
             "flops mammut_pl/lucidrains": ratio(rows, "mammut_pl", "lucidrains", "tflop_per_step"),
             "cpu mammut_pl/coca": ratio(rows, "mammut_pl", "coca", "cpu_s"),
             "cpu mammut_pl/lucidrains": ratio(rows, "mammut_pl", "lucidrains", "cpu_s"),
+            "text_side_efficiency": text_side_efficiency(rows),
+            "cpu text_side_efficiency": text_side_efficiency(rows, "cpu_s"),
         },
     }
     pl, coca = rows.get("mammut_pl", {}), rows.get("coca", {})

@@ -16,7 +16,7 @@ from mammut_pl.model.openmammut import is_openmammut_dir
 from mammut_pl.config import Config, ConfigError
 from mammut_pl.data.coco import KARPATHY_FILES
 from mammut_pl.runtime import build_datamodule, prepare_data
-from mammut_pl.tasks import EVAL_SPECS, eval_spec, task_spec
+from mammut_pl.tasks import EVAL_SPECS, check_config, eval_spec, task_spec
 from mammut_pl.tasks.reporting import karpathy_description
 
 
@@ -103,13 +103,13 @@ def evaluate(own: dict[str, str], overrides: list[str]) -> dict[str, Any]:
         return evaluate_model(own, overrides)
     ckpt_path = Path(own["ckpt"])
     if is_openmammut_dir(ckpt_path):  # a hub folder: defaults + its architecture and weights
-        cfg = eval_config(folder_config(ckpt_path, overrides), own, overrides)
+        cfg = check_config(eval_config(folder_config(ckpt_path, overrides), own, overrides))
         out_dir = Path(own.get("out") or Path("outputs") / "eval" / ckpt_path.resolve().name)
         prepare_data(cfg)
         module, tokenizer = task_from_folder(cfg)
     else:
         ckpt = read_checkpoint(ckpt_path)
-        cfg = eval_config(checkpoint_config(ckpt, ckpt_path, overrides), own, overrides)
+        cfg = check_config(eval_config(checkpoint_config(ckpt, ckpt_path, overrides), own, overrides))
         out_dir = Path(own.get("out") or default_out(ckpt_path))
         prepare_data(cfg)
         module, tokenizer = task_with_weights(cfg, ckpt, ckpt_path)

@@ -12,6 +12,7 @@ import warnings
 from mammut_pl import config as config_lib
 from mammut_pl.config import Config
 from mammut_pl.runtime import cli_main, run
+from mammut_pl.tasks import load_config
 
 USAGE = """usage: python -m mammut_pl.fit [experiment=NAME] [key=value ...]
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     def body() -> int:
-        cfg = config_lib.load(*config_lib.parse_overrides(argv))
+        cfg = load_config(*config_lib.parse_overrides(argv))
         if cfg.print_config:
             print(config_lib.to_yaml(cfg))
         else:

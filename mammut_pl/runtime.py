@@ -26,7 +26,7 @@ from mammut_pl.distributed import shutdown_process_group
 from mammut_pl.resume import (AtomicCheckpointIO, DiskFullError, ResumeState, check_resume_checkpoint,
                               remove_stale_temporaries)
 from mammut_pl.scale import resolve_strategy
-from mammut_pl.tasks import build_task, task_spec
+from mammut_pl.tasks import build_task, check_config, task_spec
 from mammut_pl.tasks.base import NonFiniteLossError
 from mammut_pl.tracking import check_tracking_server, log_run_start, make_logger
 
@@ -109,6 +109,7 @@ def build_trainer(cfg: Config, run_dir: Path, logger, has_val: bool,
 # --- the run -------------------------------------------------------------------------------
 def run(cfg: Config, extra_callbacks: list[Callback] | None = None, report: bool = True) -> dict[str, float]:
     """Train (and test) one config; returns the final metrics. `fit` and every sweep trial call this."""
+    check_config(cfg)  # the task's own checks (the datasets it reads, ...), before any work
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.mlflow.enabled:  # an unreachable server: one clear error in seconds, before any work
         check_tracking_server(config_lib.tracking_uri(cfg))

@@ -18,7 +18,7 @@ from mammut_pl.config.checks import derive, encoder_patch_size, validate
 from mammut_pl.config.data import (CocoSettings, DataConfig, LVISSettings, MSRVTTSettings, VQAv2Settings,
                                    WebDataSettings)
 from mammut_pl.config.renamed import REMOVED, RENAMED, migrate, moved_message
-from mammut_pl.config.tree import (DATAMODULES, TASKS, TRAINER_DEFAULTS, Config, ConfigError, EvalConfig,
+from mammut_pl.config.tree import (DATAMODULES, TRAINER_DEFAULTS, Config, ConfigError, EvalConfig,
                                    LossConfig, MLflowConfig, ModelSettings, OptimConfig, VideoSettings)
 from mammut_pl.detection_config import DetectionConfig
 from mammut_pl.model.config import PRESETS, MaMMUTConfig
@@ -28,7 +28,7 @@ __all__ = [
     "PROJECT_ROOT", "EXPERIMENTS_DIR", "BASES_DIR", "Config", "ConfigError", "ModelSettings", "LossConfig",
     "DataConfig", "WebDataSettings", "CocoSettings", "VQAv2Settings", "MSRVTTSettings", "LVISSettings",
     "OptimConfig", "MLflowConfig", "EvalConfig", "VideoSettings", "DetectionConfig", "MaMMUTConfig", "VideoConfig",
-    "TASKS", "DATAMODULES", "TRAINER_DEFAULTS", "RENAMED", "REMOVED", "migrate", "derive", "validate",
+    "DATAMODULES", "TRAINER_DEFAULTS", "RENAMED", "REMOVED", "migrate", "derive", "validate",
     "encoder_patch_size", "list_experiments", "parse_overrides", "load", "from_dict", "trainer_kwargs", "to_yaml",
     "to_dict", "flatten", "tracking_uri",
 ]
@@ -177,6 +177,8 @@ def from_dict(d: dict[str, Any]) -> Config:
     except OmegaConfBaseException as err:
         name = (d.get("data") or {}).get("name", "") if isinstance(d, dict) else ""
         raise _friendly(err, OmegaConf.structured(Config), "stored config", name) from None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     derive(cfg)
     validate(cfg)
     return cfg

@@ -1,5 +1,6 @@
 """Cross-field checks and derived values of the typed config, run by `load` / `from_dict` after the
-dataclasses have checked their own fields."""
+dataclasses have checked their own fields. They know no task: a task's own checks (the datasets it
+reads, its cross-field rules) are its TaskSpec's, applied by `tasks.check_config`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from mammut_pl.config.tree import DATAMODULES, TASKS, Config, ConfigError
+from mammut_pl.config.tree import DATAMODULES, Config, ConfigError
 from mammut_pl.model.config import MaMMUTConfig
 
 Need = Callable[[bool, str, str], None]
@@ -40,7 +41,6 @@ def _need(ok: bool, key: str, why: str) -> None:
 def validate(cfg: Config) -> None:
     """Cross-field checks that the dataclasses cannot do alone."""
     need = _need
-    need(cfg.task in TASKS, "task", f"{cfg.task!r} is not one of {TASKS}")
     need(cfg.data.name in DATAMODULES, "data.name", f"{cfg.data.name!r} is not one of {DATAMODULES}")
     _validate_loss(cfg, need)
     need(cfg.model.cpe_grid > 0, "model.cpe_grid", "must be > 0 (0 = derived from detection.image_size / patch)")
@@ -50,15 +50,6 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
     need(cfg.eval.num_beams >= 1, "eval.num_beams", "must be >= 1")
     need(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
-    if cfg.task == "vqa":
-        need(cfg.data.name == "vqav2", "data.name", "task=vqa reads data.name=vqav2")
-    if cfg.task.startswith("video_") or cfg.data.name == "msrvtt":
-        _validate_video(cfg, need)
-    if cfg.task == "detection":
-        need(cfg.data.name == "lvis", "data.name", "task=detection reads data.name=lvis")
-        patch = cfg.model.encoder_kwargs.get("patch_size")
-        need(not patch or cfg.detection.image_size % int(patch) == 0, "detection.image_size",
-             f"must be divisible by the encoder's patch size {patch}")
     _validate_trainer(cfg.trainer)
 
 
@@ -70,9 +61,6 @@ def _validate_loss(cfg: Config, need: Need) -> None:
     need(loss.focal_gamma >= 0, "loss.focal_gamma", "must be >= 0")
     need(0 <= loss.focal_alpha <= 1, "loss.focal_alpha", "must be in [0, 1]")
     need(loss.nonfinite in ("stop", "skip"), "loss.nonfinite", "expected stop or skip")
-    if cfg.task == "pretrain":
-        need(loss.contrastive_weight + loss.caption_weight > 0, "loss.caption_weight",
-             "loss.contrastive_weight and loss.caption_weight cannot both be 0")
 
 
 def _validate_data(cfg: Config, need: Need) -> None:
@@ -87,22 +75,6 @@ def _validate_data(cfg: Config, need: Need) -> None:
         qa = getattr(d, name)
         need(qa.max_answer_tokens >= 1, f"data.{name}.max_answer_tokens", "must be >= 1")
         need("{question}" in qa.prompt, f"data.{name}.prompt", "must contain {question}")
-
-
-def _validate_video(cfg: Config, need: Need) -> None:
-    v = cfg.video
-    need(cfg.task.startswith("video_") and cfg.data.name == "msrvtt", "data.name",
-         f"task={cfg.task} with data.name={cfg.data.name}: video tasks (video_qa, video_captioning) read data.name=msrvtt")
-    need(v.num_frames >= 1, "video.num_frames", "must be >= 1")
-    need(v.fps >= 0, "video.fps", "must be >= 0 (0 = spread the frames over the whole video)")
-    need(v.sampling in ("uniform", "random"), "video.sampling", "expected uniform or random")
-    need(v.answer_vocab_size >= 1, "video.answer_vocab_size", "must be >= 1")
-    need(v.new_params_lr_scale > 0, "video.new_params_lr_scale", "must be > 0")
-    patch = (cfg.model.encoder_kwargs or {}).get("patch_size")
-    try:
-        v.check_clip(v.num_frames, cfg.model.image_size, patch or 16)
-    except ValueError as err:
-        raise ConfigError(f"`video`: {err}") from None
 
 
 def _validate_trainer(trainer: dict[str, Any]) -> None:

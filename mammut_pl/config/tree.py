@@ -14,7 +14,6 @@ from mammut_pl.detection_config import DetectionConfig
 from mammut_pl.model.config import MaMMUTConfig
 from mammut_pl.model.video_config import VideoConfig
 
-TASKS = ("pretrain", "captioning", "vqa", "video_qa", "video_captioning", "detection")
 DATAMODULES = ("webdata", "coco", "vqav2", "msrvtt", "lvis")
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_steps": 1000, "accelerator": "auto", "devices": 1, "precision": "32-true",
@@ -70,6 +69,19 @@ class VideoSettings(VideoConfig, ExtendsArchitecture):
     # projections and the gate): they start from inflated / zero values and must learn the time axis
     new_params_lr_scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_frames < 1:
+            raise ValueError(f"video.num_frames={self.num_frames}: must be >= 1")
+        if self.fps < 0:
+            raise ValueError(f"video.fps={self.fps}: must be >= 0 (0 = spread the frames over the whole video)")
+        if self.sampling not in ("uniform", "random"):
+            raise ValueError(f"video.sampling={self.sampling!r}: expected uniform or random")
+        if self.answer_vocab_size < 1:
+            raise ValueError(f"video.answer_vocab_size={self.answer_vocab_size}: must be >= 1")
+        if self.new_params_lr_scale <= 0:
+            raise ValueError(f"video.new_params_lr_scale={self.new_params_lr_scale}: must be > 0")
+
 
 @dataclass
 class LossConfig:
@@ -117,7 +129,7 @@ class EvalConfig:
 @dataclass
 class Config:
     experiment: str = ""
-    task: str = "pretrain"  # pretrain | captioning | vqa | video_qa | video_captioning | detection
+    task: str = "pretrain"  # a registered task (mammut_pl/tasks: pretrain, captioning, vqa, video_qa, ...)
     seed: int = 0
     ckpt_path: str = ""  # "" = fresh run; "last" = resume this experiment's latest run; or a path
     output_dir: str = "outputs"  # runs go to output_dir/experiment/TIMESTAMP

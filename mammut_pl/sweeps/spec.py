@@ -289,7 +289,9 @@ def stage_config(sweep: Sweep, stage: str, trial_overrides: dict[str, Any], cli:
         params = [p for p in params if p.startswith("model.")]
     overrides = [*sweep.overrides.get("all", []), *sweep.overrides.get(stage, []), *params,
                  *cli["all"], *cli[stage], *extra]
-    return config_lib.load(experiment, overrides)
+    from mammut_pl.tasks import load_config  # the task modules (torch): only once a sweep is set up
+
+    return load_config(experiment, overrides)
 
 
 def single_process(cfg: config_lib.Config) -> None:

@@ -139,5 +139,5 @@ def captioning_table(report: dict[str, Any]) -> list[str]:
 
 
 register_task(TaskSpec("captioning", CaptioningTask, monitor=("val/CIDEr", "max"), experiment="coco_captioning",
-                       image_model=True, report=report_lines))
+                       datasets=("coco", "webdata"), image_model=True, report=report_lines))
 register_eval(EvalSpec("captioning", task="captioning", metrics=CAPTION_KEYS, lines=captioning_table, decoding=True))

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mammut_pl.config import Config
+from mammut_pl.config import Config, ConfigError, encoder_patch_size
 from mammut_pl.metrics.lvis import KEYS as LVIS_KEYS
 from mammut_pl.metrics.lvis import lvis_eval
 from mammut_pl.model.detection import OpenVocabDetector, class_names, class_text_embeddings, federated_classes
@@ -230,7 +230,16 @@ def ap_table(report: dict[str, Any]) -> list[str]:
             f"detections per image: {m.get('detections_per_image', 0):.1f}"]
 
 
-register_task(TaskSpec("detection", DetectionTask, monitor=("val/AP", "max"), experiment="lvis", report=report_lines,
+def check_config(cfg: Config) -> None:
+    """The detection image must tile into whole patches (the feature map the head reads)."""
+    patch = encoder_patch_size(cfg.model)
+    if cfg.detection.image_size % patch:
+        raise ConfigError(f"`detection.image_size`: {cfg.detection.image_size} must be divisible by the encoder's "
+                          f"patch size {patch}")
+
+
+register_task(TaskSpec("detection", DetectionTask, monitor=("val/AP", "max"), experiment="lvis", datasets=("lvis",),
+                       check=check_config, report=report_lines,
                        predict=PredictSpec(question="refused", question_hint='give image=PATH [categories="name,..."]',
                                            keys=("categories", "score_threshold"), run=detect_inputs)))
 register_eval(EvalSpec("detection", task="detection", own_data="lvis", metrics=(*LVIS_KEYS, "detections_per_image"),

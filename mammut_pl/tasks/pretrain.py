@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from mammut_pl.config import Config
+from mammut_pl.config import Config, ConfigError
 from mammut_pl.losses import CaptionLoss, build_contrastive_loss, mammut_loss
 from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
 from mammut_pl.model.packing import TextIndex
@@ -122,6 +122,12 @@ def retrieval_table(report: dict[str, Any]) -> list[str]:
             f"{'mean of the six':16}{m['mean_R']:7.1f}"]
 
 
+def check_config(cfg: Config) -> None:
+    """Pretraining needs at least one of its two losses."""
+    if cfg.loss.contrastive_weight + cfg.loss.caption_weight <= 0:
+        raise ConfigError("`loss.caption_weight`: loss.contrastive_weight and loss.caption_weight cannot both be 0")
+
+
 register_task(TaskSpec("pretrain", PretrainTask, monitor=("val/mean_R", "max"), experiment="pretrain",
-                       image_model=True, report=report_lines))
+                       datasets=("webdata", "coco"), check=check_config, image_model=True, report=report_lines))
 register_eval(EvalSpec("retrieval", task="pretrain", metrics=RECALL_KEYS, lines=retrieval_table))

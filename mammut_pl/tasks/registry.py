@@ -1,8 +1,9 @@
 """The task registry: every task module declares itself here, once.
 
 A `TaskSpec` says what the suite needs to know about one `task=NAME`: its
-LightningModule, the metric best.ckpt follows, how its datamodule is built, its
-end-of-fit report and what `predict` accepts for its checkpoints. An `EvalSpec`
+LightningModule, the metric best.ckpt follows, the datasets it reads and its own
+config checks, how its datamodule is built, its end-of-fit report and what
+`predict` accepts for its checkpoints. An `EvalSpec`
 is one `python -m mammut_pl.evaluate task=NAME` protocol: which task's test loop
 scores it, its metric names, data description and report lines. fit / evaluate /
 predict / report read these; they hold no per-task code.
@@ -13,10 +14,12 @@ Adding a task: a module in mammut_pl/tasks/ that ends with `register_task(TaskSp
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mammut_pl import config as config_lib
 from mammut_pl.config import Config, ConfigError, to_dict
 from mammut_pl.data.tokenizer import Tokenizer
 
@@ -43,6 +46,8 @@ class TaskSpec:
     module: type  # the LightningModule class: module(cfg dict, tokenizer)
     monitor: tuple[str, str]  # (metric, mode) that best.ckpt follows
     experiment: str = ""  # the experiment that trains it (named in error messages)
+    datasets: tuple[str, ...] = ()  # the data.name values it reads; () = any
+    check: Callable[[Config], None] | None = None  # its own cross-field checks: raise ConfigError naming the key
     image_model: bool = False  # its weights are a plain image MaMMUT (retrieval / captioning evaluate it)
     datamodule_options: dict[str, Any] = field(default_factory=dict)  # extra datamodule arguments
     report: ReportLines | None = None  # end-of-fit lines; None = the metrics only
@@ -92,11 +97,30 @@ def task_spec(name: str) -> TaskSpec:
     try:
         return TASK_SPECS[name]
     except KeyError:
-        raise ConfigError(f"`task`: {name!r} is not one of {', '.join(TASK_SPECS)}") from None
+        near = difflib.get_close_matches(name, list(TASK_SPECS), n=1)
+        hint = f" Did you mean task={near[0]}?" if near else ""
+        raise ConfigError(f"`task`: {name!r} is not one of {', '.join(TASK_SPECS)}.{hint}") from None
 
 
 def eval_spec(name: str) -> EvalSpec:
     return EVAL_SPECS[name]
+
+
+def check_config(cfg: Config) -> Config:
+    """The task's checks on top of `config.load`'s (which knows no task): the datasets it reads, then
+    the spec's own `check`. Every path from a config to a run passes here (load_config, runtime)."""
+    spec = task_spec(cfg.task)
+    if spec.datasets and cfg.data.name not in spec.datasets:
+        raise ConfigError(f"`data.name`: task={cfg.task} reads data.name={' or '.join(spec.datasets)}, "
+                          f"not {cfg.data.name!r}")
+    if spec.check is not None:
+        spec.check(cfg)
+    return cfg
+
+
+def load_config(experiment: str = "", overrides: list[str] | None = None) -> Config:
+    """`config.load` (typed defaults <- experiment <- overrides) and the task's own checks."""
+    return check_config(config_lib.load(experiment, overrides))
 
 
 def build_task(cfg: Config, tokenizer: Tokenizer):

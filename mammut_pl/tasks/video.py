@@ -23,7 +23,7 @@ from typing import Any
 from lightning.pytorch.loggers import MLFlowLogger
 from torch import Tensor
 
-from mammut_pl.config import Config
+from mammut_pl.config import Config, ConfigError, encoder_patch_size
 from mammut_pl.losses import build_contrastive_loss, mammut_loss
 from mammut_pl.metrics.retrieval import RECALL_KEYS, RetrievalRecall
 from mammut_pl.metrics.video_qa import QUESTION_TYPES, VideoQAAccuracy, exact_match
@@ -246,12 +246,22 @@ def caption_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def check_config(cfg: Config) -> None:
+    """Every tube and the 2D frames must yield tokens for clips of video.num_frames x model.image_size."""
+    try:
+        cfg.video.check_clip(cfg.video.num_frames, cfg.model.image_size, encoder_patch_size(cfg.model))
+    except ValueError as err:
+        raise ConfigError(f"`video`: {err}") from None
+
+
 register_task(TaskSpec("video_qa", VideoQATask, monitor=("val/accuracy", "max"), experiment="msrvtt_qa",
+                       datasets=("msrvtt",), check=check_config,
                        datamodule_options={"task": "qa"}, report=own_report,
                        predict=PredictSpec(inputs="video", question="required",
                                            question_hint="answers questions about videos")))
 register_task(TaskSpec("video_captioning", VideoCaptioningTask, monitor=("val/CIDEr", "max"),
-                       experiment="msrvtt_caption", datamodule_options={"task": "caption"}, report=own_report,
+                       experiment="msrvtt_caption", datasets=("msrvtt",), check=check_config,
+                       datamodule_options={"task": "caption"}, report=own_report,
                        predict=PredictSpec(inputs="video")))
 register_eval(EvalSpec("videoqa", task="video_qa", own_data="msrvtt_qa", lines=qa_table,
                        metrics=("accuracy", *(f"accuracy/{t}" for t in QUESTION_TYPES), "majority_baseline",

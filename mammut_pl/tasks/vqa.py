@@ -171,5 +171,6 @@ def report_lines(cfg: Config, task: VQATask, datamodule: Any, metrics: dict[str,
     return lines
 
 
-register_task(TaskSpec("vqa", VQATask, monitor=("val/vqa_accuracy", "max"), experiment="vqa", image_model=True,
+register_task(TaskSpec("vqa", VQATask, monitor=("val/vqa_accuracy", "max"), experiment="vqa", datasets=("vqav2",),
+                       image_model=True,
                        report=report_lines, predict=PredictSpec(write_split=write_results)))

@@ -90,6 +90,25 @@ def test_training_rows_and_ratios_are_consistent(smoke):
     assert math.isclose(r["image_tower/mammut_pl"], med["image_tower"] / med["mammut_pl"], rel_tol=1e-9)
     cpu = {k: r["cpu_s"]["median"] for k, r in tr["rows"].items()}
     assert math.isclose(r["cpu mammut_pl/coca"], cpu["mammut_pl"] / cpu["coca"], rel_tol=1e-9)
+    text_s = med["mammut_pl"] - med["image_tower"]  # the efficiency row, by its definition (issue 18)
+    if text_s > 0:
+        want = ((flops["mammut_pl"] - flops["image_tower"]) / text_s) / (flops["image_tower"] / med["image_tower"])
+        assert math.isclose(r["text_side_efficiency"], want, rel_tol=1e-9)
+    else:
+        assert r["text_side_efficiency"] is None
+    assert "text-side efficiency" in report.markdown(res) or r["text_side_efficiency"] is None
+
+
+def test_text_side_efficiency_hand_worked():
+    """The issue's own numbers: floor 208 GFLOP in 2.19 s (95 GFLOP/s), full step 289 GFLOP in 3.88 s;
+    the text side did 81 GFLOP in 1.69 s (47.9 GFLOP/s): efficiency 0.504."""
+    rows = {"mammut_pl": {"tflop_per_step": 0.289, "step_s": {"median": 3.88}},
+            "image_tower": {"tflop_per_step": 0.208, "step_s": {"median": 2.19}}}
+    assert measure.text_side_efficiency(rows) == pytest.approx((81 / 1.69) / (208 / 2.19), rel=1e-12)
+    assert measure.text_side_efficiency(rows) == pytest.approx(0.5045, abs=1e-4)
+    rows["mammut_pl"]["step_s"]["median"] = 2.0  # faster than the floor alone: no text-side time to divide by
+    assert measure.text_side_efficiency(rows) is None
+    assert measure.text_side_efficiency({"mammut_pl": rows["mammut_pl"]}) is None
 
 
 def test_the_floor_is_mammut_pls_own_image_tower():

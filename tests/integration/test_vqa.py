@@ -14,6 +14,7 @@ from mammut_pl import config as config_lib
 from mammut_pl.data.tokenizer import build_tokenizer
 from mammut_pl.data.vqav2 import VQACollator, VQAv2DataModule, answer_targets, majority_answer, read_vqav2
 from mammut_pl.metrics.vqa import vqa_accuracy
+from mammut_pl.tasks import load_config
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +162,7 @@ def test_validation_metric_equals_the_official_accuracy_of_the_answers(world):
 
 def test_config_rejects_vqa_on_another_datamodule_and_bad_prompt():
     with pytest.raises(config_lib.ConfigError, match="data.name"):
-        config_lib.load("vqa", ["data.name=coco"])
+        load_config("vqa", ["data.name=coco"])  # the vqa TaskSpec's datasets
     with pytest.raises(config_lib.ConfigError, match="data.vqav2.prompt"):
         config_lib.load("vqa", ["data.vqav2.prompt=no placeholder"])
 

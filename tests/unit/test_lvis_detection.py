@@ -186,7 +186,8 @@ def test_federated_loss_leaves_the_other_classes_out(tiny_detector):
 ])
 def test_detection_config_errors_name_the_key(overrides, message):
     from mammut_pl import config as C
+    from mammut_pl.tasks import load_config
 
     assert C.load("lvis").detection.image_size == 96
     with pytest.raises(C.ConfigError, match=message):
-        C.load("lvis", overrides)
+        load_config("lvis", overrides)

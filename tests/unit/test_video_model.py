@@ -9,6 +9,7 @@ from torch.testing import assert_close
 
 from mammut_pl import config as C
 from mammut_pl.model import MaMMUT, MaMMUTConfig
+from mammut_pl.tasks import load_config
 from mammut_pl.model.video import (
     SparseTubes,
     TubeSpec,
@@ -160,7 +161,7 @@ def test_generation_and_the_decoder_take_clips():
 ])
 def test_bad_video_config_named(overrides, message):
     with pytest.raises(C.ConfigError, match=message.replace(".", r"\.")):
-        C.load("msrvtt_qa", overrides)
+        load_config("msrvtt_qa", overrides)
 
 
 def test_init_from_an_image_checkpoint_inflates_the_tubes(tmp_path):
