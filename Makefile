@@ -51,7 +51,7 @@ sweep-video: data ## ablation: video tubes / fixed 3D sin-cos / gated connection
 sweep-cpe: data ## ablation: cropped positional embeddings in pretraining vs LVIS detection APr (3 points x 3 seeds; 22.5 min per seed on 2 cores, ~68 min); SWEEP_ARGS=...
 	@$(PY) -m mammut_pl.sweep sweep=cpe $(SWEEP_ARGS)
 
-sweep-scaling: data ## scaling study: CLIP vs MaMMUT, 3 sizes x 3 budgets, power-law fits of error vs counted FLOPs (18 runs, one seed; estimated ~20-25 min on 2 idle cores from the demo step times, not yet measured); SWEEP_ARGS=...
+sweep-scaling: data ## scaling study: CLIP vs MaMMUT, 3 sizes x 3 budgets, power-law fits of error vs counted FLOPs (18 runs, one seed; 13.7 min measured on 2 idle cores); SWEEP_ARGS=...
 	@$(PY) -m mammut_pl.sweep sweep=scaling $(SWEEP_ARGS)
 
 test: setup ## set up, then run the whole test suite (what CI runs)
@@ -63,7 +63,7 @@ test-fast: setup ## unit tests only (skip the end-to-end ones)
 test-stress: setup ## `make test` STRESS_RUNS=3 times in a row beside STRESS_HOGS=2 busy CPU loops (a loaded machine); stops at the first failure
 	@PY=$(PY) bash scripts/test_stress.sh $(STRESS_RUNS) $(STRESS_HOGS)
 
-bench: setup .venv/.bench-stamp ## time mammut_pl vs CoCa/CLIP/lucidrains side by side (installs the bench extras; ~12 min on 2 CPU cores + the compiled step's first compile, ~9 min cold / ~0.5 min with inductor's cache warm; ARGS=--quick: 7 min + compile, --smoke: seconds)
+bench: setup .venv/.bench-stamp ## time mammut_pl vs CoCa/CLIP/lucidrains side by side (installs the bench extras; 9 min on 2 idle CPU cores measured, its compiled step's first compile 79 s with inductor's cache warm, ~9 min cold; ARGS=--quick: 7 min + compile, --smoke: seconds)
 	@$(PY) -m bench $(ARGS)
 
 .venv/.bench-stamp: pyproject.toml constraints.txt

@@ -96,8 +96,10 @@ SECTIONS = {"train": section_train, "overhead": section_overhead, "generate": se
 
 
 def run(mode: str = "full", out: str | Path = "bench/results", sections: list[str] | None = None,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = print, batch: int | None = None) -> dict[str, Any]:
     plan = make_plan(mode)
+    if batch is not None:  # the training-step batch (the step table and its ratios)
+        plan = dataclasses.replace(plan, batch=batch)
     sections = sections or list(SECTIONS)
     started = dt.datetime.now()
     res: dict[str, Any] = {"schema": 1, "mode": mode, "date": started.strftime("%Y-%m-%d %H:%M"),
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="torch CPU threads (default: torch's choice, one per core); 1 on a machine shared with "
                         "other work, where multi-threaded kernels wait for each other's cores")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch of the training-step table (default 8): the text side's efficiency grows with it")
     a = p.parse_args(argv)
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -154,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         if a.threads < 1:
             p.error("--threads must be at least 1")
         torch.set_num_threads(a.threads)
-    run(a.mode or "full", a.out, sections)
+    if a.batch is not None and a.batch < 1:
+        p.error("--batch must be at least 1")
+    run(a.mode or "full", a.out, sections, batch=a.batch)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import pandas as pd
 
 UNIT = 1e12  # compute axis in TFLOP: keeps a and C^-b within floating-point comfort
 EXTRAPOLATE = 1e3  # how far beyond the largest measured compute the crossing is looked for
+B_MAX = 5.0  # the fit's upper bound on the exponent b: a fit that ends there found no power law
 
 
 # --- the sweep file's `scaling:` block ------------------------------------------------------------
@@ -113,6 +114,16 @@ class Fit:
     def __call__(self, compute: np.ndarray) -> np.ndarray:
         return power_law(np.asarray(compute, float), self.a, self.b, self.c)
 
+    @property
+    def undetermined(self) -> str:
+        """Why the exponent is not determined by the points ("" if it is): its standard error
+        exceeds it, or it ended at the bound B_MAX (e.g. points flat at chance)."""
+        if self.b >= B_MAX * 0.999:
+            return f"b = {self.b:.2f} at its bound {B_MAX:g}"
+        if not self.b_err <= self.b:  # also NaN / inf
+            return f"b = {self.b:.2f} +- {self.b_err:.2g}"
+        return ""
+
 
 def fit_power_law(compute: Sequence[float], err: Sequence[float]) -> Fit:
     """Least squares fit of err = a * C^(-b) + c (C in UNIT FLOPs) with a, b, c >= 0;
@@ -125,7 +136,7 @@ def fit_power_law(compute: Sequence[float], err: Sequence[float]) -> Fit:
     if len(x) < 4:
         raise ValueError(f"a power-law fit needs >= 4 points with finite compute and error, got {len(x)}")
     p0 = (max(y.max() - y.min(), 1e-6) * x.min() ** 0.3, 0.3, max(y.min() * 0.9, 0.0))
-    popt, pcov = curve_fit(power_law, x, y, p0=p0, bounds=([0.0, 0.0, 0.0], [np.inf, 5.0, np.inf]), maxfev=20000)
+    popt, pcov = curve_fit(power_law, x, y, p0=p0, bounds=([0.0, 0.0, 0.0], [np.inf, B_MAX, np.inf]), maxfev=20000)
     perr = np.sqrt(np.diag(pcov))
     return Fit(*map(float, popt), *map(float, perr), n=len(x))
 
@@ -145,11 +156,15 @@ def crossings(f: Fit, g: Fit, low: float, high: float, samples: int = 4000) -> l
 
 def crossing_statement(names: tuple[str, str], fits: tuple[Fit, Fit], low: float, high: float) -> str:
     """One sentence: where the fitted curves of the two families cross, or which one is lower
-    over the whole range (measured .. extrapolated)."""
+    over the whole range (measured .. extrapolated); or, when a fit's exponent is undetermined,
+    that no crossing can be read (the curves' intersection is then an artefact of the fit)."""
     (n1, n2), (f1, f2) = names, fits
     top = high * EXTRAPOLATE
     found = crossings(f1, f2, low, top)
     span = f"{low:.3g}..{top:.3g} TFLOP (measured up to {high:.3g})"
+    vague = [f"{name}: {fit.undetermined}" for name, fit in zip(names, fits) if fit.undetermined]
+    if vague:
+        return f"no crossing can be read: the exponent is undetermined ({'; '.join(vague)})"
     if not found:
         lower = n1 if f1(np.array(math.sqrt(low * top))) < f2(np.array(math.sqrt(low * top))) else n2
         return f"no crossing in {span}: {lower} is lower throughout (asymptotes c: {n1} {f1.c:.3g}, {n2} {f2.c:.3g})"

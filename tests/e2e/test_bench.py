@@ -101,11 +101,11 @@ def test_training_rows_and_ratios_are_consistent(smoke):
 
 def test_text_side_efficiency_hand_worked():
     """The issue's own numbers: floor 208 GFLOP in 2.19 s (95 GFLOP/s), full step 289 GFLOP in 3.88 s;
-    the text side did 81 GFLOP in 1.69 s (47.9 GFLOP/s): efficiency 0.504."""
+    the text side did 81 GFLOP in 1.69 s (47.9 GFLOP/s): efficiency 47.93 / 94.98 = 0.5046."""
     rows = {"mammut_pl": {"tflop_per_step": 0.289, "step_s": {"median": 3.88}},
             "image_tower": {"tflop_per_step": 0.208, "step_s": {"median": 2.19}}}
     assert measure.text_side_efficiency(rows) == pytest.approx((81 / 1.69) / (208 / 2.19), rel=1e-12)
-    assert measure.text_side_efficiency(rows) == pytest.approx(0.5045, abs=1e-4)
+    assert measure.text_side_efficiency(rows) == pytest.approx(0.5046, abs=1e-4)
     rows["mammut_pl"]["step_s"]["median"] = 2.0  # faster than the floor alone: no text-side time to divide by
     assert measure.text_side_efficiency(rows) is None
     assert measure.text_side_efficiency({"mammut_pl": rows["mammut_pl"]}) is None
@@ -199,6 +199,13 @@ def test_summary_and_cli_validation():
     with pytest.raises(SystemExit):
         run.main(["--quick", "--smoke"])
     with pytest.raises(SystemExit):
+        run.main(["--smoke", "--batch", "0"])
+
+
+def test_batch_option_sets_the_training_step_batch(tmp_path):
+    res = run.run("smoke", tmp_path, ["train"], log=lambda _: None, batch=3)
+    assert res["plan"]["batch"] == 3 and res["train"]["batch_size"] == 3 and res["train"]["tokens_shape"][0] == 3
+    with pytest.raises(SystemExit):
         run.main(["--threads", "0"])
 
 
@@ -251,3 +258,17 @@ def test_the_gpu_section_dry_runs_on_cpu(monkeypatch):
         "torch": "t", "timm": "t", "open_clip": "o", "mammut_pytorch": None}}, "mode": "smoke", "date": "d", "gpu": gpu}
     md = report.markdown(res)
     assert md.count("| GPU cpu bf16 batch 8 ") == 2 and "mammut_pl / CoCa" in md
+
+
+def test_profile_table_is_the_full_step_minus_the_floor(tmp_path):
+    from bench import profile
+
+    lines = profile.table({"aten::mm": 10.0, "aten::add": 3.0}, {"aten::mm": 6.0, "aten::fill_": 1.0}, (2.0, 1.5), top=5)
+    rows = [line for line in lines if line.startswith("| `")]
+    assert rows == ["| `aten::mm` | 10.0 | 6.0 | 4.0 | 57.1% |", "| `aten::add` | 3.0 | 0.0 | 3.0 | 42.9% |",
+                    "| `aten::fill_` | 0.0 | 1.0 | -1.0 | -14.3% |"]
+    assert "text side 0.50 s" in lines[0]
+    out = tmp_path / "profile.md"
+    assert profile.main(["--scale", "tiny", "--steps", "1", "--warmup", "1", "--threads", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "aten::mm" in text or "aten::addmm" in text  # the tiny step's matrix products were profiled

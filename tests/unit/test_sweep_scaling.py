@@ -48,6 +48,22 @@ def test_crossing_is_where_the_laws_are_equal():
     assert crossings(lower, flat, 1e-3, 1e6) == []
     assert "no crossing" in crossing_statement(("a", "b"), (lower, flat), 1e-3, 1.0) and "a is lower" in \
         crossing_statement(("a", "b"), (lower, flat), 1e-3, 1.0)
+    # an exponent the points do not determine: the curves still intersect, but no crossing is claimed
+    vague = Fit(a=2.0, b=0.5, c=0.10, a_err=0, b_err=0.8, c_err=0, n=9)
+    assert crossings(vague, flat, 1e-3, 1e6) == [c]
+    text = crossing_statement(("clip", "mammut"), (vague, flat), 1e-3, c / 10)
+    assert text == "no crossing can be read: the exponent is undetermined (clip: b = 0.50 +- 0.8)"
+    at_bound = Fit(a=0.003, b=5.0, c=0.93, a_err=0.1, b_err=94, c_err=0.01, n=9)  # flat points at chance
+    assert "mammut: b = 5.00 at its bound 5" in crossing_statement(("clip", "mammut"), (flat, at_bound), 1e-3, 1.0)
+
+
+def test_flat_points_leave_the_exponent_undetermined():
+    """Points at chance whatever the compute (the demo's CLIP runs): the fit cannot find a power law."""
+    rng = np.random.default_rng(0)
+    compute = np.geomspace(0.5, 30, 9)
+    fit = fit_power_law(compute, 0.95 + rng.normal(0, 0.005, 9))
+    assert fit.undetermined
+    assert not fit_power_law(compute, power_law(compute, 0.5, 0.4, 0.3)).undetermined
 
 
 def test_scaling_report_fits_each_family(tmp_path):
