@@ -20,7 +20,7 @@ from mammut_pl.config.data import (CocoSettings, DataConfig, LVISSettings, MSRVT
 from mammut_pl.config.renamed import REMOVED, RENAMED, migrate, moved_message
 from mammut_pl.config.tree import (DATAMODULES, TRAINER_DEFAULTS, Config, ConfigError, EvalConfig,
                                    LossConfig, MLflowConfig, ModelSettings, OptimConfig, VideoSettings)
-from mammut_pl.detection_config import DetectionConfig
+from mammut_pl.model.detection_config import DetectionConfig
 from mammut_pl.model.config import PRESETS, MaMMUTConfig
 from mammut_pl.model.video_config import VideoConfig
 

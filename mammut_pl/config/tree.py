@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mammut_pl.config.data import DataConfig
-from mammut_pl.detection_config import DetectionConfig
+from mammut_pl.model.detection_config import DetectionConfig
 from mammut_pl.model.config import MaMMUTConfig
 from mammut_pl.model.video_config import VideoConfig
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from mammut_pl.detection_config import DetectionConfig
+from mammut_pl.model.detection_config import DetectionConfig
 
 
 # --- boxes ------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ ENTRY_POINTS = {"mammut_pl.fit", "mammut_pl.evaluate", "mammut_pl.predict", "mam
                 "mammut_pl.export"}
 # the layer of each module (the longest matching prefix wins); a module may import its own layer or lower
 LAYERS = {
-    "mammut_pl": 0, "mammut_pl.model": 0, "mammut_pl.detection_config": 0,
+    "mammut_pl": 0, "mammut_pl.model": 0,
     "mammut_pl.losses": 1, "mammut_pl.metrics": 1, "mammut_pl.config": 1, "mammut_pl.resume": 1,
     "mammut_pl.flops": 1,
     "mammut_pl.data": 2,

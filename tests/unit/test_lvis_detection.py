@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mammut_pl.detection_config import DetectionConfig
+from mammut_pl.model.detection_config import DetectionConfig
 from mammut_pl.model.detection import (
     OpenVocabDetector,
     batched_nms,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammut_pl.detection_config import DetectionConfig
+from mammut_pl.model.detection_config import DetectionConfig
 from mammut_pl.model import MaMMUT, MaMMUTConfig
 from mammut_pl.model.detection import OpenVocabDetector, region_pool, xyxy_to_cxcywh
 

@@ -1,6 +1,6 @@
 """DetectionConfig: the `detection.*` keys of open-vocabulary detection (task=detection, LVIS).
 
-Torch-free (the typed config imports it); the head and losses are in mammut_pl/model/detection.py."""
+Torch-free (the typed config imports it), beside the head and losses in detection.py."""
 
 from __future__ import annotations
 
