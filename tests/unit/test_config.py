@@ -64,6 +64,19 @@ def test_cli_exit_codes(capsys):
     assert main(["experiment=demo", "notakeyvalue"]) == 2
 
 
+def test_the_tasks_own_checks_run_before_any_work(capsys, tmp_path):
+    """fit refuses a task on a dataset it does not read (its TaskSpec's datasets) with exit 2, and
+    runtime.run checks a config that did not come through load_config before it writes anything."""
+    from mammut_pl.runtime import run
+
+    assert main(["experiment=demo", "data.name=vqav2", f"output_dir={tmp_path}"]) == 2
+    assert "`data.name`: task=pretrain reads data.name=webdata or coco, not 'vqav2'" in capsys.readouterr().err
+    unchecked = C.load("lvis", ["detection.image_size=100", f"output_dir={tmp_path}"])  # config.load knows no task
+    with pytest.raises(C.ConfigError, match="`detection.image_size`: 100 must be divisible by the encoder's patch size 8"):
+        run(unchecked)
+    assert not any(tmp_path.iterdir())  # no run dir, no data prepared
+
+
 def test_flatten_for_mlflow():
     flat = C.flatten(C.to_dict(C.load("demo")))
     assert flat["model.width"] == 192 and flat["trainer.max_steps"] == 1500
