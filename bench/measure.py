@@ -235,15 +235,13 @@ def text_side_efficiency(rows: dict[str, dict[str, Any]], key: str = "step_s") -
     """(text-side GFLOP / text-side seconds) / (floor GFLOP / floor seconds), where the text side is
     mammut_pl's full step minus the floor (the image tower alone, same inputs and optimiser): how
     efficiently the decoder's two passes, the output head and their backward run, relative to the ViT."""
-    pl, floor = rows.get("mammut_pl", {}), rows.get("image_tower", {})
-    if "tflop_per_step" not in pl or "tflop_per_step" not in floor:
+    # = (F_full / F_floor - 1) / (t_full / t_floor - 1): the two ratios of the step table
+    if any("tflop_per_step" not in rows.get(name, {}) for name in ("mammut_pl", "image_tower")):
         return None
-    seconds = {name: r[key]["median"] if isinstance(r[key], dict) else r[key] for name, r in
-               (("pl", pl), ("floor", floor))}
-    text_s = seconds["pl"] - seconds["floor"]
-    if text_s <= 0:
+    flops, time = ratio(rows, "mammut_pl", "image_tower", "tflop_per_step"), ratio(rows, "mammut_pl", "image_tower", key)
+    if time is None or time <= 1:  # no text-side time to divide by
         return None
-    return ((pl["tflop_per_step"] - floor["tflop_per_step"]) / text_s) / (floor["tflop_per_step"] / seconds["floor"])
+    return (flops - 1) / (time - 1)
 
 
 def ratio(rows: dict[str, dict[str, Any]], a: str, b: str, key: str = "step_s") -> float | None:

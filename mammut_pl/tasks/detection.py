@@ -230,7 +230,7 @@ def ap_table(report: dict[str, Any]) -> list[str]:
             f"detections per image: {m.get('detections_per_image', 0):.1f}"]
 
 
-def check_config(cfg: Config) -> None:
+def check_patch_tiling(cfg: Config) -> None:
     """The detection image must tile into whole patches (the feature map the head reads)."""
     patch = encoder_patch_size(cfg.model)
     if cfg.detection.image_size % patch:
@@ -239,7 +239,7 @@ def check_config(cfg: Config) -> None:
 
 
 register_task(TaskSpec("detection", DetectionTask, monitor=("val/AP", "max"), experiment="lvis", datasets=("lvis",),
-                       check=check_config, report=report_lines,
+                       check=check_patch_tiling, report=report_lines,
                        predict=PredictSpec(question="refused", question_hint='give image=PATH [categories="name,..."]',
                                            keys=("categories", "score_threshold"), run=detect_inputs)))
 register_eval(EvalSpec("detection", task="detection", own_data="lvis", metrics=(*LVIS_KEYS, "detections_per_image"),

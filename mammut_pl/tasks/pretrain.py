@@ -122,12 +122,12 @@ def retrieval_table(report: dict[str, Any]) -> list[str]:
             f"{'mean of the six':16}{m['mean_R']:7.1f}"]
 
 
-def check_config(cfg: Config) -> None:
+def check_loss_weights(cfg: Config) -> None:
     """Pretraining needs at least one of its two losses."""
     if cfg.loss.contrastive_weight + cfg.loss.caption_weight <= 0:
         raise ConfigError("`loss.caption_weight`: loss.contrastive_weight and loss.caption_weight cannot both be 0")
 
 
 register_task(TaskSpec("pretrain", PretrainTask, monitor=("val/mean_R", "max"), experiment="pretrain",
-                       datasets=("webdata", "coco"), check=check_config, image_model=True, report=report_lines))
+                       datasets=("webdata", "coco"), check=check_loss_weights, image_model=True, report=report_lines))
 register_eval(EvalSpec("retrieval", task="pretrain", metrics=RECALL_KEYS, lines=retrieval_table))

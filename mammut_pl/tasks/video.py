@@ -246,7 +246,7 @@ def caption_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def check_config(cfg: Config) -> None:
+def check_clip_tokens(cfg: Config) -> None:
     """Every tube and the 2D frames must yield tokens for clips of video.num_frames x model.image_size."""
     try:
         cfg.video.check_clip(cfg.video.num_frames, cfg.model.image_size, encoder_patch_size(cfg.model))
@@ -255,12 +255,12 @@ def check_config(cfg: Config) -> None:
 
 
 register_task(TaskSpec("video_qa", VideoQATask, monitor=("val/accuracy", "max"), experiment="msrvtt_qa",
-                       datasets=("msrvtt",), check=check_config,
+                       datasets=("msrvtt",), check=check_clip_tokens,
                        datamodule_options={"task": "qa"}, report=own_report,
                        predict=PredictSpec(inputs="video", question="required",
                                            question_hint="answers questions about videos")))
 register_task(TaskSpec("video_captioning", VideoCaptioningTask, monitor=("val/CIDEr", "max"),
-                       experiment="msrvtt_caption", datasets=("msrvtt",), check=check_config,
+                       experiment="msrvtt_caption", datasets=("msrvtt",), check=check_clip_tokens,
                        datamodule_options={"task": "caption"}, report=own_report,
                        predict=PredictSpec(inputs="video")))
 register_eval(EvalSpec("videoqa", task="video_qa", own_data="msrvtt_qa", lines=qa_table,
